@@ -1,0 +1,628 @@
+"""One fit, end to end: validation, packing, the compiled solve, covariance.
+
+This is the layer shared by :func:`sknlsq.curve_fit` and the estimators. It
+turns user input (scipy's conventions) into the arrays the pure-JAX solver
+takes, runs the cached compiled program inside a scoped ``jax.enable_x64``
+context, and turns the solution back into NumPy results with scipy's
+covariance semantics.
+
+Float64 policy: all computation runs in float64 inside a *scoped*
+``jax.enable_x64(True)`` context, so a user's own float32 JAX code outside a
+fit is untouched (the global ``jax_enable_x64`` flag is never changed).
+
+Shape buckets: data of length M are padded to a bucket size (four buckets per
+octave) with zero-weight copies of the last point. Zero-weight rows have zero
+residual and zero Jacobian rows, so they change neither the QR factor, the
+cost nor any step: the result is the unpadded fit, while fits of 900, 1000
+and 1033 points reuse one compiled program.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.linalg import LinAlgError, cholesky
+from scipy.optimize import OptimizeWarning
+
+from . import _model
+from ._config import x64
+from ._pool import resolve_pool
+from ._solvers import LOSSES, MESSAGES, NONFINITE_X0, Options, Problem, solve
+
+EPS = np.finfo(np.float64).eps
+METHOD_NAMES = ("trf", "dogbox", "lm")
+FD_SCHEMES = ("2-point", "3-point", "cs")
+DEFAULT_REFINE = 50
+_PAD_LIMIT = 1 << 22  # above this many points, fit the exact shape (no padding copy)
+_MIN_BUCKET = 16
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of one fit (NumPy arrays, float64)."""
+
+    params: np.ndarray
+    pcov: np.ndarray
+    cost: float
+    fun: np.ndarray
+    nfev: int
+    njev: int
+    nit: int
+    status: int
+    message: str
+    success: bool
+    method: str
+    param_names: tuple
+    active_mask: np.ndarray
+    cov_estimated: bool = True
+    perr: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        with np.errstate(invalid="ignore"):
+            object.__setattr__(self, "perr", np.sqrt(np.diag(self.pcov)))
+
+
+# --------------------------------------------------------------------------
+# Compiled programs (held by the MemoryPool)
+# --------------------------------------------------------------------------
+
+
+def _make_problem(plan, weighting, loss, use_fwd):
+    """Residual ``w * T^{-1} (f(x, p) - y)`` and its Jacobian for a plan."""
+
+    def model_values(p, d):
+        return jnp.broadcast_to(plan.evaluate(p, d["x"]), d["y"].shape).reshape(-1)
+
+    def whiten(r, d):
+        if weighting == "cov":
+            r = jax.scipy.linalg.solve_triangular(d["L"], r, lower=True)
+        return r
+
+    def fun(p, d):
+        r = whiten(model_values(p, d) - d["y"].reshape(-1), d)
+        return d["w"] * r
+
+    if plan.jac_mode is None:
+        jf = jax.jacfwd if use_fwd else jax.jacrev
+
+        def fun_jac(p, d):
+            J, f = jf(lambda q: (fun(q, d), fun(q, d)), has_aux=True)(p)
+            return f, J
+    else:
+        def fun_jac(p, d):
+            f = fun(p, d)
+            J = whiten(plan.jacobian(p, d["x"]), d)
+            return f, d["w"][:, None] * J
+
+    return Problem(fun, fun_jac, loss)
+
+
+def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
+                     use_jac_scale, refine, args):
+    """The compiled whole-fit program for these settings and argument shapes."""
+    shapes = tuple((k, np.shape(v), np.asarray(v).dtype.str)
+                   for k, v in sorted(args[1].items()))
+    key = ("curve_fit", plan.key, plan.out_shape if plan.mode == "host" else None,
+           weighting, loss, use_fwd, method, has_bounds, use_jac_scale, refine,
+           np.shape(args[0]), shapes)
+
+    def build():
+        problem = _make_problem(plan, weighting, loss, use_fwd)
+        fn = jax.jit(partial(solve, problem, method=method, has_bounds=has_bounds,
+                             use_jac_scale=use_jac_scale, refine=refine))
+        return fn.lower(*args).compile()
+
+    return pool.program(key, build)
+
+
+# --------------------------------------------------------------------------
+# Validation helpers (messages name the argument)
+# --------------------------------------------------------------------------
+
+
+def _bucket(m):
+    if m <= _MIN_BUCKET:
+        return _MIN_BUCKET
+    e = 1 << (m - 1).bit_length() - 1  # largest power of two below m
+    for k in (5, 6, 7, 8):
+        size = e * k // 4
+        if size >= m:
+            return size
+    return 2 * e  # pragma: no cover
+
+
+def _prepare_bounds(bounds, n):
+    from scipy.optimize import Bounds
+
+    if isinstance(bounds, Bounds):
+        lb, ub = bounds.lb, bounds.ub
+    else:
+        try:
+            if len(bounds) != 2:
+                raise ValueError
+            lb, ub = bounds
+        except (TypeError, ValueError):
+            raise ValueError("`bounds` must contain 2 elements: (lower, upper).") from None
+    try:
+        lb = np.asarray(lb, dtype=float)
+        ub = np.asarray(ub, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`bounds` must be numeric: {exc}") from None
+    if lb.ndim == 0:
+        lb = np.full(n, float(lb))
+    if ub.ndim == 0:
+        ub = np.full(n, float(ub))
+    if lb.shape != (n,) or ub.shape != (n,):
+        raise ValueError(f"Inconsistent shapes between `bounds` {lb.shape, ub.shape} and the "
+                         f"number of parameters ({n}).")
+    if np.any(np.isnan(lb)) or np.any(np.isnan(ub)):
+        raise ValueError("`bounds` must not contain NaN.")
+    if np.any(lb >= ub):
+        raise ValueError("Each lower bound must be strictly less than each upper bound "
+                         "(`bounds`).")
+    return lb, ub
+
+
+def _initialize_feasible(lb, ub):
+    p0 = np.ones_like(lb)
+    lf, uf = np.isfinite(lb), np.isfinite(ub)
+    both = lf & uf
+    p0[both] = 0.5 * (lb[both] + ub[both])
+    p0[lf & ~uf] = lb[lf & ~uf] + 1
+    p0[~lf & uf] = ub[~lf & uf] - 1
+    return p0
+
+
+def _as_float_array(a, name, check_finite):
+    try:
+        arr = np.asarray(a, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be numeric array_like: {exc}") from None
+    if check_finite and not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must not contain infs or NaNs "
+                         "(array must not contain infs or NaNs).")
+    return arr
+
+
+def _check_tolerances(ftol, xtol, gtol, method):
+    vals = {}
+    for name, tol in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+        if tol is None or (method == "lm" and tol == 0):  # leastsq accepts 0 silently
+            vals[name] = 0.0
+            continue
+        try:
+            tol = float(tol)
+        except (TypeError, ValueError):
+            raise ValueError(f"`{name}` must be a number, got {tol!r}.") from None
+        if not tol >= 0:
+            raise ValueError(f"`{name}` must be non-negative, got {tol!r}.")
+        if tol < EPS:
+            warnings.warn(f"Setting `{name}` below the machine epsilon ({EPS:.2e}) "
+                          "effectively disables the corresponding termination condition.",
+                          stacklevel=4)
+        vals[name] = tol
+    if all(v < EPS for v in vals.values()):
+        raise ValueError("At least one of the tolerances (`ftol`, `xtol`, `gtol`) must be "
+                         f"higher than machine epsilon ({EPS:.2e}).")
+    return vals["ftol"], vals["xtol"], vals["gtol"]
+
+
+def _check_common(model, method, loss, nan_policy, jac, f_scale, refine):
+    """Validate the settings shared by single and batched fits; returns f_scale."""
+    if not callable(model):
+        raise TypeError(f"the model `f` must be callable, got {type(model).__name__}.")
+    if method is not None and method not in METHOD_NAMES:
+        raise ValueError(f"`method` must be 'trf', 'dogbox' or 'lm', got {method!r}.")
+    if callable(loss) or loss not in LOSSES:
+        raise ValueError(f"`loss` must be one of {list(LOSSES)}, got {loss!r}.")
+    if nan_policy not in (None, "raise", "omit"):
+        if nan_policy == "propagate":
+            raise ValueError("`nan_policy='propagate'` is not supported by this function.")
+        raise ValueError("nan_policy must be one of {None, 'raise', 'omit'}")
+    if jac is not None and not callable(jac) and jac not in FD_SCHEMES:
+        raise ValueError(f"`jac` must be a callable or one of {FD_SCHEMES}, got {jac!r}.")
+    try:
+        f_scale = float(f_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"`f_scale` must be a positive number, got {f_scale!r}.") from None
+    if not f_scale > 0 or not np.isfinite(f_scale):
+        raise ValueError(f"`f_scale` must be a positive number, got {f_scale!r}.")
+    if not isinstance(refine, (int, np.integer)) or refine < 0:
+        raise ValueError(f"`refine` must be a non-negative integer, got {refine!r}.")
+    return f_scale
+
+
+def _resolve_solver(method, loss, has_bounds, ftol, xtol, gtol, max_nfev, n):
+    """scipy's method choice and checks, tolerance and budget defaults."""
+    if method is None:
+        method = "trf" if has_bounds else "lm"
+    if method == "lm" and has_bounds:
+        raise ValueError("Method 'lm' only works for unconstrained problems. "
+                         "Use 'trf' or 'dogbox' instead (`method`, `bounds`).")
+    if method == "lm" and loss != "linear":
+        raise ValueError("method='lm' supports only 'linear' loss function (`loss`).")
+    if gtol is None:
+        gtol = 0.0 if method == "lm" else 1e-8
+    ftol, xtol, gtol = _check_tolerances(ftol, xtol, gtol, method)
+    if max_nfev is None:
+        # The budget scipy gives finite-difference LM, counted here in trial
+        # points (every trial costs one residual evaluation).
+        max_nfev = 100 * n * (n + 1)
+    if not isinstance(max_nfev, (int, np.integer)) or max_nfev < 1:
+        raise ValueError(f"`max_nfev` must be a positive integer, got {max_nfev!r}.")
+    return method, ftol, xtol, gtol, int(max_nfev)
+
+
+def _sample_axis(x, m):
+    if x.ndim >= 1 and x.shape[-1] == m:
+        return x.ndim - 1
+    if x.ndim >= 1 and x.shape[0] == m:
+        return 0
+    return None
+
+
+def _pad_along(a, axis, size, mode="edge"):
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, size - a.shape[axis])
+    return np.pad(a, widths, mode=mode)
+
+
+# --------------------------------------------------------------------------
+# Model plan (traceability, padding feasibility)
+# --------------------------------------------------------------------------
+
+
+def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, rel_step,
+          col_deriv, p0, lb, ub, axis):
+    """Choose how to evaluate the model and whether padding can be used.
+
+    Returns ``(plan, use_padding)``.
+    """
+    def shape_ok(out, target):
+        try:
+            return np.broadcast_shapes(tuple(out), target) == tuple(target)
+        except ValueError:
+            return False
+
+    pad_shape = None
+    if m_pad != m and x_is_array:
+        pad_shape = list(np.shape(x))
+        if axis is not None:
+            pad_shape[axis] = m_pad
+        pad_shape = tuple(pad_shape)
+
+    # 1. JAX path.
+    trace_exc = None
+    if x_is_array:
+        for xshape, target, padded in ((pad_shape, ypad_shape, True),
+                                       (np.shape(x), y_shape, False)):
+            if xshape is None:
+                continue
+            out, exc = _model.probe_jax(f, xshape, n)
+            if out is not None and shape_ok(out, target):
+                jac_mode = None
+                if callable(jac):
+                    jout, _ = _model.probe_jax_jac(jac, xshape, n)
+                    jac_mode = "jax" if jout is not None else "host"
+                return _model.ModelPlan(f, mode="jax", jac=jac if callable(jac) else None,
+                                        jac_mode=jac_mode, col_deriv=col_deriv,
+                                        out_shape=target), padded
+            if out is not None:
+                trace_exc = ValueError(f"model `f` returned an array of shape {tuple(out)}; "
+                                       f"expected shape {tuple(target)} matching `ydata`.")
+            elif trace_exc is None or padded is False:
+                trace_exc = exc if trace_exc is None else trace_exc
+    else:
+        trace_exc = TypeError("`xdata` is not an array, so the model cannot be traced")
+
+    # 2. Host path: the model must at least run on NumPy input.
+    host_exc = None
+    candidates = []
+    if pad_shape is not None:
+        candidates.append((_pad_along(x, axis, m_pad) if axis is not None else x,
+                           ypad_shape, True))
+    candidates.append((x if x_is_array else x, y_shape, False))
+    for xx, target, padded in candidates:
+        try:
+            out = np.asarray(f(xx, *p0), dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 - reported below with the cause chained
+            host_exc = exc
+            continue
+        if not shape_ok(out.shape, target):
+            host_exc = ValueError(f"model `f` returned an array of shape {out.shape}; "
+                                  f"expected shape {tuple(target)} matching `ydata`.")
+            continue
+        if isinstance(trace_exc, ValueError) and "returned an array of shape" in str(trace_exc):
+            raise trace_exc
+        _model.warn_fallback(trace_exc, has_jac=callable(jac), stacklevel=5)
+        jac_mode = "host" if callable(jac) else "fd"
+        return _model.ModelPlan(
+            f, mode="host", jac=jac if callable(jac) else None, jac_mode=jac_mode,
+            fd_scheme=fd_scheme, rel_step=rel_step, col_deriv=col_deriv, out_shape=target,
+            x_host=None if x_is_array else x, lb=lb, ub=ub), padded
+
+    if isinstance(host_exc, ValueError) and "returned an array of shape" in str(host_exc):
+        raise host_exc
+    raise ValueError(f"model `f` raised {type(host_exc).__name__} when called as "
+                     f"f(xdata, *p0): {host_exc}") from host_exc
+
+
+# --------------------------------------------------------------------------
+# The fit
+# --------------------------------------------------------------------------
+
+
+def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
+              absolute_sigma=False, bounds=(-np.inf, np.inf), method=None, jac=None,
+              loss="linear", f_scale=1.0, x_scale=None, ftol=1e-8, xtol=1e-8, gtol=None,
+              max_nfev=None, nan_policy=None, check_finite=True, diff_step=None,
+              col_deriv=False, factor=10.0, refine=DEFAULT_REFINE, warn_cov=True,
+              pool=None, stacklevel=2) -> FitResult:
+    """Fit ``model(xdata, *params)`` to ``ydata`` (scipy conventions).
+
+    ``gtol=None`` means scipy's default for the method: 0 for 'lm' (leastsq),
+    1e-8 otherwise. Does not raise on non-convergence (``success=False``); raises ``ValueError``
+    (``TypeError`` where scipy does) naming the argument for bad input.
+    """
+    pool = resolve_pool(pool)
+    f_scale = _check_common(model, method, loss, nan_policy, jac, f_scale, refine)
+
+    # Parameters.
+    if p0 is None:
+        names = _model.parameter_names(model, None)
+        n = len(names)
+    else:
+        p0 = np.atleast_1d(np.asarray(p0, dtype=float)).ravel() if np.ndim(p0) <= 1 else None
+        if p0 is None:
+            raise ValueError("`p0` must be a 1-D array_like of initial parameter values.")
+        n = p0.size
+        if n == 0:
+            raise ValueError("`p0` must not be empty.")
+        names = _model.parameter_names(model, n)
+        if not np.all(np.isfinite(p0)):
+            raise ValueError("`p0` must contain only finite values.")
+    lb, ub = _prepare_bounds(bounds, n)
+    if p0 is None:
+        p0 = _initialize_feasible(lb, ub)
+    if np.any((p0 < lb) | (p0 > ub)):
+        raise ValueError("`p0` is infeasible: it lies outside `bounds`.")
+    has_bounds = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    method, ftol, xtol, gtol, max_nfev = _resolve_solver(method, loss, has_bounds, ftol, xtol,
+                                                         gtol, max_nfev, n)
+
+    if x_scale is None:
+        use_jac_scale = method == "lm"
+        x_scale_arr = np.ones(n)
+    elif isinstance(x_scale, str):
+        if x_scale != "jac":
+            raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers.")
+        use_jac_scale, x_scale_arr = True, np.ones(n)
+    else:
+        x_scale_arr = np.asarray(x_scale, dtype=float)
+        if x_scale_arr.ndim == 0:
+            x_scale_arr = np.full(n, float(x_scale_arr))
+        if x_scale_arr.shape != (n,) or not np.all(np.isfinite(x_scale_arr) & (x_scale_arr > 0)):
+            raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers, "
+                             "one per parameter.")
+        use_jac_scale = False
+
+    # Data.
+    if check_finite is None:
+        check_finite = nan_policy is None
+    ydata = _as_float_array(ydata, "ydata", check_finite)
+    x_is_array = isinstance(xdata, (list, tuple, np.ndarray)) or hasattr(xdata, "__array__")
+    if x_is_array:
+        xdata = _as_float_array(xdata, "xdata", check_finite)
+    if ydata.size == 0:
+        raise ValueError("`ydata` must not be empty!")
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=float)
+        if sample_weight.shape != ydata.shape:
+            raise ValueError(f"`sample_weight` has shape {sample_weight.shape}; expected "
+                             f"{ydata.shape} like `ydata`.")
+        if not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
+            raise ValueError("`sample_weight` must be finite and non-negative.")
+        if not np.any(sample_weight > 0):
+            raise ValueError("`sample_weight` must not be all zero.")
+
+    if not check_finite and nan_policy is not None:
+        has_nan = np.isnan(ydata)
+        if x_is_array and xdata.ndim >= 1:
+            xn = np.isnan(xdata)
+            ax = _sample_axis(xdata, ydata.size) if ydata.ndim == 1 else None
+            if ax is not None:
+                xn = xn.any(axis=tuple(i for i in range(xdata.ndim) if i != ax))
+                has_nan = has_nan | xn
+            elif xn.any():
+                has_nan = has_nan | True
+        if has_nan.any():
+            if nan_policy == "raise":
+                raise ValueError("The input contains nan values (`xdata` or `ydata`).")
+            if ydata.ndim != 1:
+                raise ValueError("nan_policy='omit' needs 1-D `ydata`.")
+            keep = ~has_nan
+            if x_is_array and xdata.ndim >= 1:
+                xdata = np.compress(keep, xdata, axis=_sample_axis(xdata, keep.size))
+            ydata = ydata[keep]
+            if sample_weight is not None:
+                sample_weight = sample_weight[keep]
+            if sigma is not None:
+                sigma = np.asarray(sigma)
+                if sigma.ndim == 1 and sigma.size == keep.size:
+                    sigma = sigma[keep]
+                elif sigma.ndim == 2:
+                    sigma = sigma[keep][:, keep]
+            if ydata.size == 0:
+                raise ValueError("`ydata` must not be empty after omitting NaNs!")
+
+    m = ydata.size
+    if x_is_array and ydata.ndim == 1 and xdata.ndim >= 1 and _sample_axis(xdata, m) is None:
+        raise ValueError(f"`xdata` and `ydata` have inconsistent lengths: xdata has shape "
+                         f"{xdata.shape}, ydata has {m} points.")
+    if m != 1 and n > m:
+        raise TypeError(f"The number of func parameters={n} must not exceed the number of "
+                        f"data points={m}")
+
+    weighting = "diag"
+    L = None
+    w = np.ones(m)
+    if sigma is not None:
+        sigma = np.asarray(sigma, dtype=float)
+        if sigma.size == 1 or sigma.shape == (m,):
+            with np.errstate(divide="ignore"):
+                w = np.broadcast_to(1.0 / sigma.reshape(-1), (m,)).astype(float)
+        elif sigma.shape == (m, m):
+            try:
+                L = cholesky(sigma, lower=True)
+            except (LinAlgError, ValueError) as exc:
+                raise ValueError("`sigma` must be positive definite.") from exc
+            weighting = "cov"
+        else:
+            raise ValueError(f"`sigma` has incorrect shape {sigma.shape}; expected a scalar, "
+                             f"({m},) or ({m}, {m}).")
+    if sample_weight is not None:
+        w = w * np.sqrt(sample_weight.reshape(-1))
+    m_dof = m if sample_weight is None else int(np.count_nonzero(sample_weight))
+
+    fd_scheme = jac if isinstance(jac, str) else "2-point"
+    jac_callable = jac if callable(jac) else None
+    rel_step = diff_step
+
+    # Padding to a shape bucket.
+    axis = _sample_axis(xdata, m) if (x_is_array and xdata.ndim >= 1) else None
+    can_pad = ydata.ndim == 1 and m <= _PAD_LIMIT and (not x_is_array or xdata.ndim == 0
+                                                      or axis is not None)
+    m_pad = _bucket(m) if can_pad else m
+    if x_is_array and xdata.ndim == 0:
+        axis = None
+
+    with x64():
+        plan, padded = _plan(model, xdata, x_is_array, n, m, m_pad, (m_pad,), ydata.shape,
+                             jac_callable, fd_scheme, rel_step, col_deriv, p0, lb, ub, axis)
+        if not padded:
+            m_pad = m
+        opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),
+                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor))
+        use_fwd = n <= max(m, 1) or m == 1
+        lent = []
+        try:
+            data = _stage_data(pool, lent, xdata if x_is_array else None, ydata, w, L, m,
+                               m_pad, axis)
+            # NumPy arrays go straight to the compiled executable; converting
+            # them to jax arrays first would cost more than a small solve.
+            args = (np.asarray(p0, dtype=np.float64), data, lb, ub, x_scale_arr, opts)
+            solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
+                                      has_bounds, use_jac_scale, int(refine), args)
+            _model.reset_host_error()
+            sol = jax.device_get(solver(*args))
+        finally:
+            for buf in lent:
+                pool.release(buf)
+    host_exc = _model.pop_host_error()
+    if host_exc is not None:
+        raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
+                         f"{host_exc}") from host_exc
+
+    status = int(sol.status)
+    if status == NONFINITE_X0:
+        raise ValueError("Residuals are not finite in the initial point `p0`: the model or "
+                         "`sigma` gives inf or NaN there.")
+    params = np.asarray(sol.x, dtype=float)
+    cost = float(sol.cost)
+    fun = np.asarray(sol.fun, dtype=float)[:m] if m_pad != m else np.asarray(sol.fun, float)
+    pcov, estimated = _covariance(np.asarray(sol.R), cost, m, m_dof, n, method,
+                                  absolute_sigma)
+    if not estimated and warn_cov:
+        warnings.warn("Covariance of the parameters could not be estimated",
+                      category=OptimizeWarning, stacklevel=stacklevel + 1)
+    return FitResult(params=params, pcov=pcov, cost=cost, fun=fun, nfev=int(sol.nfev),
+                     njev=int(sol.njev), nit=int(sol.nit), status=status,
+                     message=MESSAGES[status], success=status > 0, method=method,
+                     param_names=tuple(names), active_mask=np.asarray(sol.active_mask),
+                     cov_estimated=estimated)
+
+
+def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
+    """The data arrays for the solver, padded to ``m_pad`` in pooled buffers.
+
+    Padding rows repeat the last point (so the model stays finite there) and
+    get zero weight. Buffers are appended to ``lent`` for the caller to
+    release once the compiled program has returned.
+    """
+    if m_pad == m:
+        data = {"x": np.zeros(()) if x is None else x, "y": y, "w": w}
+        if L is not None:
+            data["L"] = L
+        return data
+
+    def buffer(shape):
+        buf = pool.acquire(shape)
+        lent.append(buf)
+        return buf
+
+    yb = buffer((m_pad,))
+    yb[:m] = y
+    yb[m:] = y[-1]
+    wb = buffer((m_pad,))
+    wb[:m] = w
+    wb[m:] = 0.0
+    if x is None:
+        xb = np.zeros(())
+    elif x.ndim == 0 or axis is None:
+        xb = x
+    else:
+        shape = list(x.shape)
+        shape[axis] = m_pad
+        xb = buffer(tuple(shape))
+        xv = np.moveaxis(xb, axis, 0)
+        src = np.moveaxis(x, axis, 0)
+        xv[:m] = src
+        xv[m:] = src[-1]
+    data = {"x": xb, "y": yb, "w": wb}
+    if L is not None:
+        Lb = buffer((m_pad, m_pad))
+        Lb[...] = 0.0
+        Lb[:m, :m] = L
+        idx = np.arange(m, m_pad)
+        Lb[idx, idx] = 1.0
+        data["L"] = Lb
+    return data
+
+
+def _covariance(R, cost, m, m_dof, n, method, absolute_sigma):
+    """Scipy's covariance: Moore-Penrose inverse of ``J^T J`` from the SVD of
+    ``R`` (same singular values as ``J``), scaled by the reduced chi-square
+    unless ``absolute_sigma``. ``method='lm'`` mirrors ``leastsq``: a
+    rank-deficient Jacobian gives an inf covariance."""
+    if not np.all(np.isfinite(R)):
+        return np.full((n, n), np.inf), False
+    _, s, VT = np.linalg.svd(R, full_matrices=False)
+    threshold = EPS * max(m, n) * (s[0] if s.size else 0.0)
+    keep = s > threshold
+    if method == "lm" and not np.all(keep):
+        return np.full((n, n), np.inf), False
+    s, VT = s[keep], VT[keep]
+    pcov = (VT.T / s ** 2) @ VT
+    if np.isnan(pcov).any():
+        return np.full((n, n), np.inf), False
+    if not absolute_sigma:
+        if m_dof > n:
+            pcov = pcov * (2.0 * cost / (m_dof - n))
+        else:
+            return np.full((n, n), np.inf), False
+    return pcov, True
+
+
+def evaluate_model(model, xdata, params):
+    """``model(xdata, *params)`` as a float64 NumPy array (x64 scope; NumPy
+    models are called directly)."""
+    params = np.asarray(params, dtype=float)
+    with x64():
+        out = model(xdata, *params)
+        return np.asarray(out, dtype=np.float64)
+

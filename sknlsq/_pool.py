@@ -1,0 +1,238 @@
+"""The pooled context shared by every fit: compiled programs and staging buffers.
+
+A :class:`MemoryPool` holds
+
+* compiled solver programs, keyed by model, padded shape bucket, dtype and the
+  static solver settings (everything that would make XLA compile anew), so a
+  repeated fit of a known shape costs one call of an already compiled
+  executable;
+* host staging buffers for the padded data, handed out exclusively
+  (``acquire`` / ``release``) so concurrent fits never share one, and reused
+  so a repeated fit allocates nothing new.
+
+Both are bounded by ``max_pool_size`` entries with least-recently-used
+eviction. All methods are thread-safe. The pool knows nothing of estimators
+or models: callers give it opaque hashable keys and a ``build`` function.
+
+Which pool a fit uses: the ``pool=`` argument if given, else the innermost
+active ``with MemoryPool(...)`` block of the current context, else a
+process-wide default pool (:func:`get_default_pool`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+__all__ = ["MemoryPool", "get_default_pool", "resolve_pool"]
+
+_active: contextvars.ContextVar = contextvars.ContextVar("sknlsq_active_pool", default=None)
+
+
+class MemoryPool:
+    """Compiled solver programs and reusable buffers shared by fits.
+
+    Parameters
+    ----------
+    max_pool_size : int, default=128
+        Maximum number of compiled programs, and separately of buffer shapes,
+        kept; the least recently used entry is evicted beyond it.
+    cache_dir : str or os.PathLike, optional
+        Turn on JAX's persistent compilation cache in this directory, so that
+        other processes (joblib workers, later runs) load compiled programs
+        instead of compiling them. This is a process-wide JAX setting.
+
+    Examples
+    --------
+    >>> import numpy as np, jax.numpy as jnp
+    >>> from sknlsq import MemoryPool, curve_fit
+    >>> def f(x, a, b):
+    ...     return a * jnp.exp(-b * x)
+    >>> with MemoryPool(max_pool_size=16) as pool:
+    ...     for n in (900, 1000, 1010):
+    ...         x = np.linspace(0, 4, n)
+    ...         popt, _ = curve_fit(f, x, 2.0 * np.exp(-0.5 * x))
+    ...     stats = pool.get_stats()
+    >>> stats["compiles"], stats["cache_hits"]
+    (1, 2)
+    """
+
+    def __init__(self, max_pool_size: int = 128, *, cache_dir=None):
+        if not isinstance(max_pool_size, (int, np.integer)) or max_pool_size < 1:
+            raise ValueError(f"`max_pool_size` must be a positive integer, got "
+                             f"{max_pool_size!r}.")
+        self.max_pool_size = int(max_pool_size)
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        if self.cache_dir is not None:
+            enable_persistent_cache(self.cache_dir)
+        self._lock = threading.RLock()
+        self._programs: OrderedDict = OrderedDict()
+        self._building: dict = {}
+        self._free: OrderedDict = OrderedDict()  # (shape, dtype) -> [arrays]
+        self._held = 0  # bytes of all buffers owned by the pool (free or lent)
+        self._lent: dict = {}  # id(array) -> key, for release
+        self._tokens: list = []
+        self._reset_stats()
+
+    # -- statistics ------------------------------------------------------------
+    def _reset_stats(self):
+        self._stats = dict(allocations=0, reuses=0, peak_memory=0, compiles=0, cache_hits=0,
+                           compile_seconds=0.0, evictions=0)
+
+    def get_stats(self) -> dict:
+        """Counters since creation or the last :meth:`clear`.
+
+        ``allocations`` / ``reuses``: staging buffers newly allocated / handed
+        out again; ``reuse_rate`` = reuses / (allocations + reuses);
+        ``peak_memory``: most bytes of buffers held at once; ``memory``: bytes
+        held now; ``compiles`` / ``cache_hits``: program look-ups that
+        compiled / found a compiled program; ``compile_seconds``: time spent
+        compiling; ``programs`` and ``evictions``: entries held and evicted.
+        """
+        with self._lock:
+            s = dict(self._stats)
+            total = s["allocations"] + s["reuses"]
+            s["reuse_rate"] = s["reuses"] / total if total else 0.0
+            s["memory"] = self._held
+            s["programs"] = len(self._programs)
+            return s
+
+    def clear(self):
+        """Drop every compiled program and buffer and reset the statistics.
+
+        The pool stays usable: later fits recompile transparently.
+        """
+        with self._lock:
+            self._programs.clear()
+            self._free.clear()
+            self._lent.clear()
+            self._held = 0
+            self._reset_stats()
+
+    # -- compiled programs -----------------------------------------------------
+    def program(self, key, build):
+        """The compiled program for ``key``, built with ``build()`` on a miss.
+
+        ``build`` returns a compiled callable; the time it takes is counted
+        as compile time. Concurrent misses on one key compile once.
+        """
+        with self._lock:
+            prog = self._programs.get(key)
+            if prog is not None:
+                self._programs.move_to_end(key)
+                self._stats["cache_hits"] += 1
+                return prog
+            gate = self._building.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                prog = self._programs.get(key)
+                if prog is not None:
+                    self._programs.move_to_end(key)
+                    self._stats["cache_hits"] += 1
+                    return prog
+            t0 = time.perf_counter()
+            prog = build()
+            dt = time.perf_counter() - t0
+            with self._lock:
+                self._programs[key] = prog
+                self._stats["compiles"] += 1
+                self._stats["compile_seconds"] += dt
+                while len(self._programs) > self.max_pool_size:
+                    self._programs.popitem(last=False)
+                    self._stats["evictions"] += 1
+                self._building.pop(key, None)
+        return prog
+
+    # -- staging buffers -------------------------------------------------------
+    def acquire(self, shape, dtype=np.float64) -> np.ndarray:
+        """An uninitialised array lent exclusively to the caller until
+        :meth:`release`; reused from earlier fits when one is free."""
+        key = (tuple(int(s) for s in shape), np.dtype(dtype).str)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                arr = free.pop()
+                self._free.move_to_end(key)
+                self._stats["reuses"] += 1
+            else:
+                arr = None
+        if arr is None:
+            arr = np.empty(key[0], dtype=np.dtype(dtype))
+            with self._lock:
+                self._stats["allocations"] += 1
+                self._held += arr.nbytes
+                self._stats["peak_memory"] = max(self._stats["peak_memory"], self._held)
+        with self._lock:
+            self._lent[id(arr)] = key
+        return arr
+
+    def release(self, arr: np.ndarray):
+        """Give a buffer from :meth:`acquire` back to the pool."""
+        with self._lock:
+            key = self._lent.pop(id(arr), None)
+            if key is None:  # the pool was cleared while it was lent: drop it
+                return
+            self._free.setdefault(key, []).append(arr)
+            self._free.move_to_end(key)
+            while len(self._free) > self.max_pool_size:
+                _, dropped = self._free.popitem(last=False)
+                self._held -= sum(a.nbytes for a in dropped)
+                self._stats["evictions"] += 1
+
+    # -- context management ----------------------------------------------------
+    def __enter__(self):
+        self._tokens.append(_active.set(self))
+        return self
+
+    def __exit__(self, *exc):
+        _active.reset(self._tokens.pop())
+        return False
+
+    def __repr__(self):
+        s = self.get_stats()
+        return (f"MemoryPool(max_pool_size={self.max_pool_size}, programs={s['programs']}, "
+                f"memory={s['memory']} bytes)")
+
+    # Pools travel to joblib workers as fresh, empty pools with the same settings.
+    def __getstate__(self):
+        return {"max_pool_size": self.max_pool_size, "cache_dir": self.cache_dir}
+
+    def __setstate__(self, state):
+        self.__init__(state["max_pool_size"], cache_dir=state["cache_dir"])
+
+
+_default_pool = None
+_default_lock = threading.Lock()
+
+
+def get_default_pool() -> MemoryPool:
+    """The process-wide pool used when no other is given or active."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None:
+            _default_pool = MemoryPool()
+        return _default_pool
+
+
+def resolve_pool(pool=None) -> MemoryPool:
+    if pool is not None:
+        if not isinstance(pool, MemoryPool):
+            raise TypeError(f"`pool` must be a MemoryPool or None, got {type(pool).__name__}.")
+        return pool
+    active = _active.get()
+    return active if active is not None else get_default_pool()
+
+
+def enable_persistent_cache(cache_dir):
+    """Turn on JAX's persistent compilation cache in ``cache_dir`` (process-wide)."""
+    import jax
+
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.fspath(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,0 +1,135 @@
+"""Batched fits (one parameter vector per curve) against one-by-one references."""
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import OptimizeWarning
+from scipy.optimize import curve_fit as scipy_curve_fit
+
+import sknlsq._batch as batch_mod
+from sknlsq import curve_fit
+from sknlsq._batch import fit_curves
+
+
+def decay(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def decay_np(x, a, b, c):
+    return a * np.exp(-b * x) + c
+
+
+def _curves(K, M=120, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 5, M)
+    true = np.stack([rng.uniform(1, 3, K), rng.uniform(0.4, 2.0, K), rng.uniform(-1, 1, K)], 1)
+    Y = decay_np(x[None, :], *true.T[:, :, None]) + 0.01 * rng.normal(size=(K, M))
+    return x, Y, true
+
+
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_batch_matches_tight_scipy_per_curve(method):
+    x, Y, _ = _curves(40)
+    popt, pcov = curve_fit(decay, x, Y, p0=[1, 1, 0], batch=True, method=method)
+    assert popt.shape == (40, 3) and pcov.shape == (40, 3, 3)
+    for k in range(0, 40, 7):
+        ref, ref_cov = scipy_curve_fit(decay_np, x, Y[k], p0=[1, 1, 0], ftol=1e-14,
+                                       xtol=1e-14, gtol=1e-14)
+        np.testing.assert_allclose(popt[k], ref, rtol=1e-6)
+        np.testing.assert_allclose(pcov[k], ref_cov, rtol=1e-3, atol=1e-12)
+
+
+def test_retiring_gives_the_same_answers_as_plain_vmap(monkeypatch):
+    x, Y, _ = _curves(70)
+    monkeypatch.setattr(batch_mod, "MAX_SLOTS", 16)  # force a queue and refills
+    retired = fit_curves(decay, x, Y, p0=[1, 1, 0], retire=True)
+    plain = fit_curves(decay, x, Y, p0=[1, 1, 0], retire=False)
+    np.testing.assert_allclose(retired.params, plain.params, rtol=1e-10)
+    # The refinement steps at machine-precision tolerances stop on rounding-level
+    # differences, which depend on the batch width; the answers do not.
+    assert retired.success.all() and plain.success.all()
+    no_refine = [fit_curves(decay, x, Y, p0=[1, 1, 0], retire=r, refine=0) for r in (True, False)]
+    np.testing.assert_allclose(no_refine[0].params, no_refine[1].params, rtol=1e-10)
+
+
+def test_per_curve_p0_and_bounds():
+    x, Y, true = _curves(6)
+    p0 = true * 1.3
+    lb = np.tile([0.0, 0.0, -2.0], (6, 1))
+    ub = np.tile([10.0, 10.0, 2.0], (6, 1))
+    ub[2, 1] = 0.3  # one curve with an active bound on the rate
+    res = fit_curves(decay, x, Y, p0=np.minimum(p0, ub - 1e-3), bounds=(lb, ub))
+    for k in range(6):
+        one = scipy_curve_fit(decay_np, x, Y[k], p0=np.minimum(p0[k], ub[k] - 1e-3),
+                              bounds=(lb[k], ub[k]), ftol=1e-14, xtol=1e-14, gtol=1e-14)[0]
+        np.testing.assert_allclose(res.params[k], one, rtol=1e-5)
+    assert res.params[2, 1] == pytest.approx(0.3)
+
+
+def test_ragged_curves_are_fitted_on_their_own_points():
+    x, Y, _ = _curves(5, M=150)
+    Y = Y.copy()
+    Y[1, 100:] = np.nan  # a shorter curve
+    Y[3, ::4] = np.nan  # scattered missing values
+    res = fit_curves(decay, x, Y, p0=[1, 1, 0], nan_policy="omit")
+    for k in (1, 3):
+        ok = ~np.isnan(Y[k])
+        one, one_cov = curve_fit(decay, x[ok], Y[k, ok], p0=[1, 1, 0])
+        np.testing.assert_allclose(res.params[k], one, rtol=1e-8)
+        np.testing.assert_allclose(res.pcov[k], one_cov, rtol=1e-6)
+        assert res.n_points[k] == ok.sum()
+    with pytest.raises(ValueError, match="NaN"):
+        fit_curves(decay, x, Y, p0=[1, 1, 0])
+    with pytest.raises(ValueError, match="nan_policy"):
+        fit_curves(decay, x, Y, p0=[1, 1, 0], check_finite=False)
+
+
+def test_zero_weight_columns_match_missing_values():
+    x, Y, _ = _curves(3, M=100)
+    sw = np.ones_like(Y)
+    sw[0, :40] = 0.0
+    res = fit_curves(decay, x, Y, p0=[1, 1, 0], sample_weight=sw)
+    one = curve_fit(decay, x[40:], Y[0, 40:], p0=[1, 1, 0])[0]
+    np.testing.assert_allclose(res.params[0], one, rtol=1e-8)
+
+
+def test_isolated_failures_do_not_touch_other_curves():
+    x, Y, _ = _curves(6)
+    Y = Y.copy()
+    Y[1, :] = np.nan  # no data at all
+    sigma = np.ones_like(Y)
+    sigma[4, 0] = 0.0  # infinite weight: residuals not finite at p0
+    clean = fit_curves(decay, x, np.delete(Y, [1, 4], 0), p0=[1, 1, 0])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        popt, pcov, info, mesg, ier = curve_fit(decay, x, Y, p0=[1, 1, 0], sigma=sigma,
+                                                batch=True, nan_policy="omit",
+                                                full_output=True)
+    assert sum(issubclass(w.category, OptimizeWarning) for w in rec) == 1
+    assert ier[1] == batch_mod.TOO_FEW_POINTS and ier[4] == -2
+    assert np.all(np.isnan(popt[[1, 4]]))
+    assert np.all(np.isinf(pcov[[1, 4]]))
+    np.testing.assert_allclose(popt[[0, 2, 3, 5]], clean.params, rtol=1e-12)
+    assert "Fewer valid points" in mesg[1]
+
+
+def test_non_converged_curve_keeps_its_iterate_and_status():
+    x, Y, _ = _curves(4)
+    res = fit_curves(decay, x, Y, p0=[1, 1, 0], max_nfev=3)
+    assert np.all(res.status == 0) and not res.success.any()
+    assert np.all(np.isfinite(res.params))
+    assert np.all(res.nfev == 3)
+
+
+def test_batch_input_validation():
+    x, Y, _ = _curves(3)
+    with pytest.raises(ValueError, match="p0"):
+        fit_curves(decay, x, Y, p0=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="2-D"):
+        fit_curves(decay, x, Y[0], p0=[1, 1, 0])
+    with pytest.raises(ValueError, match="xdata"):
+        fit_curves(decay, x[:-1], Y, p0=[1, 1, 0])
+    with pytest.raises(ValueError, match="bounds"):
+        fit_curves(decay, x, Y, p0=[1, 1, 0], bounds=(np.zeros((3, 3)), np.zeros((3, 3))))

@@ -1,0 +1,571 @@
+"""``sknlsq.curve_fit`` against ``scipy.optimize.curve_fit``.
+
+scipy is the reference answer. It is run on the very same ``jax.numpy`` model
+(evaluated eagerly in float64 and handed back as NumPy), given the model's
+exact Jacobian and tight tolerances, so the reference is the converged
+optimum of the same objective with scipy's covariance conventions. sknlsq,
+called with its defaults, must land within ``rtol=1e-6`` of that ``popt``;
+``pcov`` depends on the Jacobian at the solution, so it is compared more
+loosely (``1e-4``, relative to the parameters' standard deviations).
+
+Every problem uses seeded data with ~200 points and is well conditioned.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import warnings
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+from scipy.optimize import Bounds, OptimizeWarning
+from scipy.optimize import curve_fit as scipy_curve_fit
+
+from sknlsq import curve_fit
+
+M = 200
+FD_WARNING = "(?i)finite.difference"
+
+# --------------------------------------------------------------------------
+# Models (jax.numpy) and problems
+# --------------------------------------------------------------------------
+
+
+def exp_decay(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def gaussian(x, a, mu, s, c):
+    return a * jnp.exp(-((x - mu) ** 2) / (2 * s**2)) + c
+
+
+def sigmoid(x, L, k, x0, b):
+    return L / (1 + jnp.exp(-k * (x - x0))) + b
+
+
+def rational(x, a, b, c):
+    return (a + b * x) / (1 + c * x)
+
+
+def plane(X, a, b, c):
+    """Two independent variables, scipy's convention: ``X`` has shape (2, M)."""
+    return a * jnp.exp(-b * X[0]) + c * jnp.sin(X[1])
+
+
+@dataclass(frozen=True)
+class Problem:
+    model: object
+    xdata: np.ndarray
+    ydata: np.ndarray
+    p0: np.ndarray
+    truth: np.ndarray
+    bounds: tuple  # loose bounds, inactive at the solution
+    noise: float
+
+
+def _x64():
+    """Scoped float64 for evaluating the jnp models in the scipy reference."""
+    return jax.enable_x64(True)
+
+
+def _eval(model, xdata, params):
+    with _x64():
+        return np.asarray(model(jnp.asarray(xdata), *params), dtype=np.float64)
+
+
+_SPECS = {
+    # name: (model, seed, xdata maker, truth, p0, lower, upper, noise)
+    "exp_decay": (exp_decay, 1, lambda r: np.linspace(0, 4, M),
+                  [2.5, 1.3, 0.5], [1.0, 1.0, 1.0], [0, 0, -5], [10, 10, 5], 0.05),
+    "gaussian": (gaussian, 2, lambda r: np.linspace(-5, 5, M),
+                 [3.0, 0.4, 1.2, 0.3], [2.0, 0.0, 1.0, 0.0],
+                 [0, -3, 0.1, -2], [10, 3, 5, 2], 0.05),
+    "sigmoid": (sigmoid, 3, lambda r: np.linspace(-6, 6, M),
+                [2.0, 1.5, 0.5, 0.2], [1.0, 1.0, 0.0, 0.0],
+                [0, 0, -3, -2], [10, 10, 3, 2], 0.03),
+    "rational": (rational, 4, lambda r: np.linspace(0, 5, M),
+                 [1.0, 3.0, 0.7], [1.0, 1.0, 1.0], [0, 0, 0], [10, 10, 10], 0.02),
+    "plane": (plane, 5, lambda r: np.stack([r.uniform(0, 3, M), r.uniform(-3, 3, M)]),
+              [2.0, 0.8, 1.5], [1.0, 1.0, 1.0], [0, 0, 0], [10, 5, 5], 0.05),
+}
+PROBLEMS = list(_SPECS)
+
+
+@functools.lru_cache(maxsize=None)
+def problem(name):
+    model, seed, make_x, truth, p0, lb, ub, noise = _SPECS[name]
+    rng = np.random.default_rng(seed)
+    xdata = make_x(rng)
+    ydata = _eval(model, xdata, truth) + noise * rng.normal(size=M)
+    for a in (xdata, ydata):
+        a.setflags(write=False)
+    return Problem(model, xdata, ydata, np.asarray(p0, float), np.asarray(truth, float),
+                   (np.asarray(lb, float), np.asarray(ub, float)), noise)
+
+
+def sigma_for(pb, kind):
+    """1-sigma errors (1-D), a scalar, or a positive definite covariance (2-D)."""
+    s = pb.noise * np.linspace(0.5, 1.5, M)
+    if kind == "1d":
+        return s
+    if kind == "scalar":
+        return 2.0 * pb.noise
+    if kind == "2d":
+        idx = np.arange(M)
+        return np.outer(s, s) * 0.6 ** np.abs(idx[:, None] - idx[None, :])
+    raise AssertionError(kind)
+
+
+def with_outliers(pb):
+    y = np.array(pb.ydata)
+    y[::17] += 10 * pb.noise * np.where(np.arange(y[::17].size) % 2, 1.0, -1.0)
+    return y
+
+
+# --------------------------------------------------------------------------
+# The scipy reference and the comparison
+# --------------------------------------------------------------------------
+
+
+def as_numpy_model(model):
+    @functools.wraps(model)  # keeps the signature, for p0=None
+    def f(x, *p):
+        return np.asarray(model(x, *p), dtype=np.float64)
+
+    return f
+
+
+def exact_jac(model, scale=1.0):
+    """The model's Jacobian, shape (M, n) (scipy's ``jac`` convention)."""
+
+    def jac(x, *p):
+        argnums = tuple(range(1, len(p) + 1))
+        cols = jax.jacfwd(model, argnums=argnums)(jnp.asarray(x), *map(jnp.asarray, p))
+        return scale * np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=-1)
+
+    return jac
+
+
+def _uses_lm(kwargs):
+    method = kwargs.get("method")
+    if method is not None:
+        return method == "lm"
+    bounds = kwargs.get("bounds", (-np.inf, np.inf))
+    if isinstance(bounds, Bounds):
+        bounds = (bounds.lb, bounds.ub)
+    return not any(np.any(np.isfinite(np.asarray(b, float))) for b in bounds)
+
+
+def reference(model, xdata, ydata, p0, *, jac=None, numpy_model=False, **kwargs):
+    """scipy.optimize.curve_fit on the same model, converged tightly."""
+    if _uses_lm(kwargs):
+        tight = dict(ftol=1e-12, xtol=1e-12)
+    else:
+        tight = dict(ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    f = model if numpy_model else as_numpy_model(model)
+    if jac is None:
+        jac = exact_jac(model)
+    with _x64():
+        return scipy_curve_fit(f, xdata, ydata, p0=p0, jac=jac, **tight, **kwargs)
+
+
+def assert_fit_matches(got, ref, rtol_popt=1e-6, rtol_pcov=1e-4):
+    popt, pcov = got[0], got[1]
+    ref_popt, ref_pcov = ref[0], ref[1]
+    # Drop-in: plain float64 NumPy arrays, as scipy returns.
+    assert type(popt) is np.ndarray and type(pcov) is np.ndarray
+    assert popt.dtype == np.float64 and pcov.dtype == np.float64
+    assert popt.shape == ref_popt.shape and pcov.shape == ref_pcov.shape
+    np.testing.assert_allclose(popt, ref_popt, rtol=rtol_popt, atol=1e-12)
+    assert np.all(np.isfinite(pcov)), pcov
+    # Compare in units of the reference standard deviations: the diagonal to
+    # rtol, the off-diagonal to rtol of sqrt(C_ii C_jj).
+    d = np.sqrt(np.diag(ref_pcov))
+    scale = np.outer(d, d)
+    np.testing.assert_allclose(pcov / scale, ref_pcov / scale, rtol=rtol_pcov, atol=rtol_pcov)
+
+
+# --------------------------------------------------------------------------
+# Agreement on well-conditioned problems
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_unbounded(name, method):
+    pb = problem(name)
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, method=method)
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, method=method)
+    np.testing.assert_allclose(ref[0], pb.truth, rtol=0.05)  # the problem is sane
+    assert_fit_matches(got, ref)
+
+
+@pytest.mark.parametrize("method", [None, "trf", "dogbox"])
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_inactive_bounds(name, method):
+    pb = problem(name)
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, bounds=pb.bounds, method=method)
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, bounds=pb.bounds, method=method)
+    assert_fit_matches(got, ref)
+
+
+@pytest.mark.parametrize("method", [None, "trf", "dogbox"])
+def test_active_bound(method):
+    pb = problem("exp_decay")
+    bounds = ([0, 0, -5], [10, 10, 0.3])  # the offset (truth 0.5) is held at 0.3
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, p0=[1.0, 1.0, 0.0], bounds=bounds,
+                    method=method)
+    ref = reference(pb.model, pb.xdata, pb.ydata, [1.0, 1.0, 0.0], bounds=bounds,
+                    method=method)
+    np.testing.assert_allclose(ref[0][2], 0.3, rtol=1e-6)
+    assert np.all(got[0] <= np.asarray(bounds[1])) and np.all(got[0] >= np.asarray(bounds[0]))
+    assert_fit_matches(got, ref, rtol_popt=1e-5, rtol_pcov=1e-3)
+
+
+def test_bounds_object_same_as_tuple():
+    pb = problem("gaussian")
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, bounds=Bounds(*pb.bounds))
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, bounds=pb.bounds)
+    assert_fit_matches(got, ref)
+
+
+@pytest.mark.parametrize("absolute_sigma", [False, True])
+@pytest.mark.parametrize("kind", ["1d", "scalar", "2d"])
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_sigma(name, kind, absolute_sigma):
+    pb = problem(name)
+    sigma = sigma_for(pb, kind)
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, sigma=sigma,
+                    absolute_sigma=absolute_sigma)
+    # scipy itself breaks on a scalar sigma combined with a callable jac
+    # ("expected square matrix"), so its reference gets the equivalent vector.
+    ref_sigma = np.full(M, sigma) if kind == "scalar" else sigma
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, sigma=ref_sigma,
+                    absolute_sigma=absolute_sigma)
+    assert_fit_matches(got, ref)
+
+
+@pytest.mark.parametrize("absolute_sigma", [False, True])
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+@pytest.mark.parametrize("method", ["trf", "dogbox"])
+def test_sigma_bounded_methods(method, kind, absolute_sigma):
+    pb = problem("exp_decay")
+    sigma = sigma_for(pb, kind)
+    kw = dict(p0=pb.p0, sigma=sigma, absolute_sigma=absolute_sigma, bounds=pb.bounds,
+              method=method)
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, **kw)
+    ref = reference(pb.model, pb.xdata, pb.ydata, **kw)
+    assert_fit_matches(got, ref)
+
+
+def test_absolute_sigma_scales_covariance_like_scipy():
+    # absolute_sigma=False rescales pcov by the reduced chi-square; True does not.
+    pb = problem("exp_decay")
+    sigma = sigma_for(pb, "1d")
+    rel = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, sigma=sigma)
+    ab = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, sigma=sigma, absolute_sigma=True)
+    np.testing.assert_allclose(rel[0], ab[0], rtol=1e-12)
+    r = (_eval(pb.model, pb.xdata, ab[0]) - pb.ydata) / sigma
+    chi2_red = np.sum(r**2) / (M - 3)
+    np.testing.assert_allclose(rel[1], ab[1] * chi2_red, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["linear", "soft_l1", "huber", "cauchy", "arctan"])
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_robust_loss(name, loss):
+    pb = problem(name)
+    y = with_outliers(pb)
+    f_scale = 2 * pb.noise
+    # A robust loss converges slowly near the optimum: scipy's own defaults
+    # (ftol=xtol=gtol=1e-8) stop up to ~3e-6 away from it for 'arctan'. The
+    # tolerances are tightened (and so passed through as scipy kwargs) so that
+    # both sides report the optimum rather than where each one stopped.
+    tol = dict(ftol=1e-10, xtol=1e-10, gtol=1e-10)
+    got = curve_fit(pb.model, pb.xdata, y, p0=pb.p0, method="trf", loss=loss, f_scale=f_scale,
+                    **tol)
+    ref = reference(pb.model, pb.xdata, y, pb.p0, method="trf", loss=loss, f_scale=f_scale)
+    assert_fit_matches(got, ref)
+
+
+def test_robust_loss_defaults():
+    # With default tolerances a robust fit still lands near the optimum.
+    pb = problem("exp_decay")
+    y = with_outliers(pb)
+    got = curve_fit(pb.model, pb.xdata, y, p0=pb.p0, method="trf", loss="soft_l1", f_scale=0.1)
+    ref = reference(pb.model, pb.xdata, y, pb.p0, method="trf", loss="soft_l1", f_scale=0.1)
+    assert_fit_matches(got, ref, rtol_popt=1e-5, rtol_pcov=1e-3)
+
+
+# --------------------------------------------------------------------------
+# Calling conventions
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_full_output(method):
+    pb = problem("exp_decay")
+    sigma = sigma_for(pb, "1d")
+    out = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, sigma=sigma, method=method,
+                    full_output=True)
+    assert isinstance(out, tuple) and len(out) == 5
+    popt, pcov, infodict, mesg, ier = out
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, sigma=sigma, method=method,
+                    full_output=True)
+    assert_fit_matches(out, ref)
+    assert isinstance(infodict, dict)
+    assert {"nfev", "fvec"} <= set(infodict)
+    assert int(infodict["nfev"]) >= 1
+    # fvec: the weighted residuals (f(x, *popt) - y) / sigma at the solution.
+    fvec = np.asarray(infodict["fvec"])
+    ref_fvec = ref[2]["fvec"]
+    assert fvec.shape == ref_fvec.shape == (M,)
+    np.testing.assert_allclose(fvec, ref_fvec, rtol=1e-5, atol=1e-5 * np.abs(ref_fvec).max())
+    assert isinstance(mesg, str) and mesg
+    assert isinstance(ier, (int, np.integer)) and not isinstance(ier, bool)
+    assert ier in (1, 2, 3, 4)
+    # Without full_output: the same fit, as a 2-tuple.
+    plain = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, sigma=sigma, method=method)
+    assert len(plain) == 2
+    np.testing.assert_allclose(plain[0], popt, rtol=1e-12)
+
+
+def test_full_output_2d_sigma_fvec():
+    # With a covariance matrix, scipy's fvec is solve(L, f - y), C = L L^T.
+    pb = problem("plane")
+    sigma = sigma_for(pb, "2d")
+    out = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, sigma=sigma, full_output=True)
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, sigma=sigma, full_output=True)
+    assert_fit_matches(out, ref)
+    ref_fvec = ref[2]["fvec"]
+    np.testing.assert_allclose(np.asarray(out[2]["fvec"]), ref_fvec, rtol=1e-5,
+                               atol=1e-5 * np.abs(ref_fvec).max())
+
+
+def test_p0_none_uses_ones_from_signature():
+    pb = problem("exp_decay")
+    got = curve_fit(pb.model, pb.xdata, pb.ydata)
+    ones = curve_fit(pb.model, pb.xdata, pb.ydata, p0=np.ones(3))
+    assert got[0].shape == (3,)
+    np.testing.assert_allclose(got[0], ones[0], rtol=1e-12)
+    np.testing.assert_allclose(got[1], ones[1], rtol=1e-10)
+    assert_fit_matches(got, reference(pb.model, pb.xdata, pb.ydata, np.ones(3)))
+
+
+def test_p0_none_with_bounds_starts_feasible_like_scipy():
+    # scipy starts at the midpoint of two finite bounds, lb + 1 / ub - 1 for a
+    # one-sided bound and 1 where unbounded.
+    pb = problem("exp_decay")
+    bounds = ([0, 0, -1], [10, 5, np.inf])
+    expected_p0 = np.array([5.0, 2.5, 0.0])
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, bounds=bounds)
+    explicit = curve_fit(pb.model, pb.xdata, pb.ydata, p0=expected_p0, bounds=bounds)
+    np.testing.assert_allclose(got[0], explicit[0], rtol=1e-12)
+    assert_fit_matches(got, reference(pb.model, pb.xdata, pb.ydata, expected_p0,
+                                      bounds=bounds))
+
+
+@pytest.mark.parametrize(
+    "name, kind", [("exp_decay", None), ("exp_decay", "1d"), ("plane", "2d")]
+)
+def test_nan_policy_omit(name, kind):
+    pb = problem(name)
+    x = np.array(pb.xdata)
+    y = np.array(pb.ydata)
+    y[[5, 60]] = np.nan
+    if x.ndim == 1:
+        x[120] = np.nan
+    else:
+        x[1, 120] = np.nan  # a NaN in any row drops the whole column
+    sigma = None if kind is None else sigma_for(pb, kind)
+    got = curve_fit(pb.model, x, y, p0=pb.p0, sigma=sigma, nan_policy="omit")
+    ref = reference(pb.model, x, y, pb.p0, sigma=sigma, nan_policy="omit")
+    assert_fit_matches(got, ref)
+    # ... which is the fit to the clean points alone.
+    keep = ~np.isnan(y) & ~np.isnan(x).reshape(-1, M).any(axis=0)
+    assert keep.sum() == M - 3
+    sig_keep = None
+    if kind == "1d":
+        sig_keep = sigma[keep]
+    elif kind == "2d":
+        sig_keep = sigma[np.ix_(keep, keep)]
+    clean = reference(pb.model, x[..., keep], y[keep], pb.p0, sigma=sig_keep)
+    assert_fit_matches(got, clean)
+
+
+@pytest.mark.parametrize("check_finite", ["default", True])
+@pytest.mark.parametrize("where", ["xdata", "ydata"])
+def test_check_finite_rejects_nan(where, check_finite):
+    pb = problem("exp_decay")
+    x, y = np.array(pb.xdata), np.array(pb.ydata)
+    (x if where == "xdata" else y)[7] = np.nan
+    kw = {} if check_finite == "default" else {"check_finite": True}
+    with pytest.raises(ValueError):
+        scipy_curve_fit(as_numpy_model(pb.model), x, y, p0=pb.p0, **kw)
+    with pytest.raises(ValueError):
+        curve_fit(pb.model, x, y, p0=pb.p0, **kw)
+
+
+# --------------------------------------------------------------------------
+# Models that are not plain jnp functions of (x, a, b, ...)
+# --------------------------------------------------------------------------
+
+
+def step_decay_np(x, a, b, c, d):
+    """NumPy/scipy only: JAX cannot trace it."""
+    return a * np.exp(-b * x) + c * scipy.special.erf(x - d)
+
+
+def step_decay_np_jac(x, a, b, c, d):
+    e = np.exp(-b * x)
+    derf = 2 / np.sqrt(np.pi) * np.exp(-((x - d) ** 2))
+    return np.stack([e, -a * x * e, scipy.special.erf(x - d), -c * derf], axis=-1)
+
+
+@pytest.mark.parametrize("method", ["lm", "trf"])
+def test_numpy_only_model_falls_back_to_finite_differences(method):
+    rng = np.random.default_rng(11)
+    x = np.linspace(0, 6, M)
+    truth, p0 = [2.0, 0.7, 1.0, 3.0], [1.5, 1.0, 0.8, 2.5]
+    y = step_decay_np(x, *truth) + 0.03 * rng.normal(size=M)
+    with pytest.warns(UserWarning, match=FD_WARNING) as record:
+        got = curve_fit(step_decay_np, x, y, p0=p0, method=method)
+    fd = [w for w in record if re.search(FD_WARNING, str(w.message))]
+    assert len(fd) == 1, [str(w.message) for w in record]
+    others = [w for w in record if w not in fd and issubclass(w.category, UserWarning)]
+    assert not others, [str(w.message) for w in others]
+    ref = reference(step_decay_np, x, y, p0, jac=step_decay_np_jac, numpy_model=True,
+                    method=method)
+    assert_fit_matches(got, ref)
+
+
+def exp_decay_jac(x, a, b, c):
+    e = jnp.exp(-b * x)
+    return jnp.stack([e, -a * x * e, jnp.ones_like(x)], axis=-1)
+
+
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_user_jac_is_used(method):
+    pb = problem("exp_decay")
+    calls = []
+
+    def jac(x, *p):
+        calls.append(1)
+        return exp_decay_jac(x, *p)
+
+    got = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, jac=jac, method=method)
+    assert calls, "the user's jac was never called"
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0, method=method)
+    assert_fit_matches(got, ref)
+
+    # A Jacobian deliberately scaled by 2 has the same stationary point but a
+    # covariance four times smaller: only a fit that really uses it shows that.
+    def jac2(x, *p):
+        return 2.0 * exp_decay_jac(x, *p)
+
+    got2 = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0, jac=jac2, method=method)
+    ref2 = reference(pb.model, pb.xdata, pb.ydata, pb.p0, method=method,
+                     jac=exact_jac(pb.model, scale=2.0))
+    assert_fit_matches(got2, ref2, rtol_popt=1e-5)
+    np.testing.assert_allclose(got2[1], got[1] / 4, rtol=1e-3)
+
+
+def test_jitted_model():
+    pb = problem("exp_decay")
+    jitted = jax.jit(exp_decay)
+    ref = reference(pb.model, pb.xdata, pb.ydata, pb.p0)
+    assert_fit_matches(curve_fit(jitted, pb.xdata, pb.ydata, p0=pb.p0), ref)
+    # The parameter count still comes from the wrapped function's signature.
+    got = curve_fit(jitted, pb.xdata, pb.ydata)
+    assert_fit_matches(got, reference(pb.model, pb.xdata, pb.ydata, np.ones(3)))
+
+
+def cubic(x, *coefs):
+    return sum(c * x**i for i, c in enumerate(coefs))
+
+
+def test_varargs_model_with_p0():
+    rng = np.random.default_rng(12)
+    x = np.linspace(-2, 2, M)
+    truth = [0.5, -1.0, 0.3, 0.8]
+    y = _eval(cubic, x, truth) + 0.1 * rng.normal(size=M)
+    got = curve_fit(cubic, x, y, p0=np.ones(4))
+    assert got[0].shape == (4,)
+    assert_fit_matches(got, reference(cubic, x, y, np.ones(4)))
+
+
+# --------------------------------------------------------------------------
+# Covariance edge cases
+# --------------------------------------------------------------------------
+
+
+def _line_data():
+    rng = np.random.default_rng(13)
+    x = np.linspace(0, 1, 20)
+    return x, 2.0 * x + 0.01 * rng.normal(size=x.size)
+
+
+def test_indeterminate_covariance_lm_is_inf_with_warning():
+    x, y = _line_data()
+
+    def model(x, a, b):  # b has no effect: its Jacobian column is zero
+        return a * x
+
+    with pytest.warns(OptimizeWarning, match="(?i)covariance"):
+        popt, pcov = curve_fit(model, x, y, method="lm")
+    with pytest.warns(OptimizeWarning, match="(?i)covariance"):
+        ref_popt, ref_pcov = reference(model, x, y, None, method="lm")
+    assert pcov.shape == (2, 2) and np.all(np.isinf(ref_pcov))
+    assert np.all(np.isinf(pcov))
+    np.testing.assert_allclose(popt, ref_popt, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox"])
+def test_rank_deficient_covariance_trf_uses_pseudo_inverse(method):
+    # scipy's trf/dogbox branch inverts J^T J by an SVD that drops zero
+    # singular values: finite pcov, zeros for the dead parameter, no warning.
+    x, y = _line_data()
+
+    def model(x, a, b):
+        return a * x + 0.0 * b
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptimizeWarning)
+        popt, pcov = curve_fit(model, x, y, method=method)
+        ref_popt, ref_pcov = reference(model, x, y, np.ones(2), method=method)
+    np.testing.assert_allclose(popt, ref_popt, rtol=1e-6)
+    np.testing.assert_allclose(pcov, ref_pcov, rtol=1e-4, atol=1e-12 * ref_pcov[0, 0])
+    assert pcov[1, 1] == 0 and pcov[0, 0] > 0
+
+
+# --------------------------------------------------------------------------
+# Precision policy
+# --------------------------------------------------------------------------
+
+
+def test_float32_input_is_fitted_in_float64():
+    pb = problem("gaussian")
+    x32 = np.asarray(pb.xdata, np.float32)
+    y32 = np.asarray(pb.ydata, np.float32)
+    got = curve_fit(pb.model, x32, y32, p0=np.asarray(pb.p0, np.float32))
+    assert got[0].dtype == np.float64 and got[1].dtype == np.float64
+    ref = reference(pb.model, x32.astype(np.float64), y32.astype(np.float64), pb.p0)
+    assert_fit_matches(got, ref)
+
+
+@pytest.mark.skipif(bool(os.environ.get("JAX_ENABLE_X64")),
+                    reason="x64 switched on for the whole process by the environment")
+def test_x64_is_not_switched_on_globally():
+    user = jnp.linspace(0.0, 1.0, 5)
+    assert user.dtype == jnp.float32 and jnp.ones(3).dtype == jnp.float32
+    pb = problem("exp_decay")
+    popt, _ = curve_fit(pb.model, pb.xdata, pb.ydata, p0=pb.p0)
+    assert popt.dtype == np.float64
+    assert jnp.ones(3).dtype == jnp.float32
+    assert (user * 2).dtype == jnp.float32
+    assert not jax.config.jax_enable_x64

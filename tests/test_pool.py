@@ -1,0 +1,105 @@
+"""MemoryPool: program and buffer reuse, bounds, statistics, threads."""
+
+import threading
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sknlsq import MemoryPool, curve_fit
+from sknlsq._pool import get_default_pool, resolve_pool
+
+
+def decay(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def _data(m, seed):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 4, m)
+    y = (1 + seed % 3) * np.exp(-(0.5 + 0.1 * (seed % 5)) * x) + 0.2 + 0.01 * rng.normal(size=m)
+    return x, y
+
+
+def test_lengths_in_one_bucket_share_a_compiled_program():
+    pool = MemoryPool()
+    for m in (900, 1000, 1024):
+        curve_fit(decay, *_data(m, m), pool=pool)
+    s = pool.get_stats()
+    assert s["compiles"] == 1
+    assert s["cache_hits"] == 2
+    assert s["compile_seconds"] > 0
+
+
+def test_repeated_fits_reuse_staging_buffers():
+    pool = MemoryPool()
+    for seed in range(5):
+        curve_fit(decay, *_data(1000, seed), pool=pool)
+    s = pool.get_stats()
+    assert s["allocations"] == 3  # x, y and weights, padded to 1024, allocated once
+    assert s["reuses"] == 12
+    assert s["reuse_rate"] == pytest.approx(12 / 15)
+    assert s["peak_memory"] == s["memory"] == 3 * 1024 * 8
+
+
+def test_active_pool_and_default_pool():
+    with MemoryPool() as pool:
+        assert resolve_pool() is pool
+        curve_fit(decay, *_data(300, 1))
+        with MemoryPool() as inner:
+            assert resolve_pool() is inner
+        assert resolve_pool() is pool
+    assert pool.get_stats()["compiles"] == 1
+    assert resolve_pool() is get_default_pool()
+    with pytest.raises(TypeError, match="pool"):
+        resolve_pool("not a pool")
+
+
+def test_eviction_keeps_working_and_clear_recompiles():
+    pool = MemoryPool(max_pool_size=2)
+    ref = {}
+    for m in (40, 100, 300, 700):  # four buckets, four programs
+        x, y = _data(m, m)
+        ref[m] = curve_fit(decay, x, y, pool=pool)[0]
+    s = pool.get_stats()
+    assert s["programs"] == 2 and s["evictions"] >= 2
+    x, y = _data(40, 40)  # evicted: recompiles, same answer
+    np.testing.assert_array_equal(curve_fit(decay, x, y, pool=pool)[0], ref[40])
+    pool.clear()
+    assert pool.get_stats()["compiles"] == 0
+    np.testing.assert_array_equal(curve_fit(decay, x, y, pool=pool)[0], ref[40])
+    assert pool.get_stats()["compiles"] == 1
+
+
+def test_concurrent_fits_match_sequential_fits():
+    pool = MemoryPool()
+    datasets = [_data(500 + 37 * i, i) for i in range(12)]
+    sequential = [curve_fit(decay, x, y, pool=pool)[0] for x, y in datasets]
+    results = [None] * len(datasets)
+
+    def work(i):
+        for _ in range(3):
+            results[i] = curve_fit(decay, *datasets[i], pool=pool)[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(datasets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, sequential):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pool_argument_validation():
+    with pytest.raises(ValueError, match="max_pool_size"):
+        MemoryPool(max_pool_size=0)
+
+
+def test_pool_pickles_as_an_empty_pool():
+    import pickle
+
+    pool = MemoryPool(max_pool_size=7)
+    curve_fit(decay, *_data(100, 0), pool=pool)
+    clone = pickle.loads(pickle.dumps(pool))
+    assert clone.max_pool_size == 7
+    assert clone.get_stats()["compiles"] == 0

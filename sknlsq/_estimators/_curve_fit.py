@@ -215,11 +215,11 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
         else:
             X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-            if np.any(sample_weight < 0):
-                raise ValueError("`sample_weight` must be non-negative.")
-            if not np.any(sample_weight > 0):
-                raise ValueError("`sample_weight` must not be all zero.")
+            try:
+                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                     ensure_non_negative=True)
+            except ValueError as exc:  # name the argument in every message
+                raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
         model, p0 = self._model_and_p0(X.shape[1])
         if batched:
             return self._fit_batch(model, p0, X, Y, sample_weight)

@@ -1,0 +1,197 @@
+"""CurveFitRegressor behaviour against scipy and sknlsq.curve_fit references."""
+
+import pickle
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import curve_fit as scipy_curve_fit
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from sknlsq import CurveFitRegressor, curve_fit
+from sknlsq._config import x64
+
+
+def decay(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def gauss(x, h, mu, w, bg):
+    return h * jnp.exp(-((x - mu) / w) ** 2) + bg
+
+
+def sigmoid(x, top, x0, k):
+    return top / (1 + jnp.exp(-k * (x - x0)))
+
+
+def plane_decay(X, a, b, c):
+    return a * jnp.exp(-b * X[0]) + c * X[1]
+
+
+def _np(model):
+    """The jnp model as a float64 NumPy function, for scipy references."""
+    def f(x, *p):
+        with x64():
+            return np.asarray(model(np.asarray(x), *p), dtype=float)
+
+    return f
+
+
+CASES = {
+    "decay": (decay, [1.0, 1.0, 0.0], lambda x: 2.5 * np.exp(-1.3 * x) + 0.5, (0, 4)),
+    "gauss": (gauss, [1.0, 0.0, 1.0, 0.0], lambda x: 3 * np.exp(-((x - 0.4) / 1.2) ** 2) + 0.3,
+              (-4, 4)),
+    "sigmoid": (sigmoid, [1.0, 0.0, 1.0], lambda x: 2.0 / (1 + np.exp(-1.7 * (x - 0.5))),
+                (-4, 4)),
+}
+
+
+def _data(name, m=200, seed=0):
+    model, p0, truth, (lo, hi) = CASES[name]
+    rng = np.random.default_rng(seed)
+    x = np.linspace(lo, hi, m)
+    return model, p0, x, truth(x) + 0.02 * rng.normal(size=m)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_estimator_matches_curve_fit_and_scipy(name, method):
+    model, p0, x, y = _data(name)
+    reg = CurveFitRegressor(model, p0=p0, method=method).fit(x[:, None], y)
+    popt, pcov = curve_fit(model, x, y, p0=p0, method=method)
+    ref, ref_cov = scipy_curve_fit(_np(model), x, y, p0=p0, method=method, ftol=1e-14,
+                                   xtol=1e-14, gtol=1e-14)
+    np.testing.assert_allclose(reg.params_, popt, rtol=1e-12)
+    np.testing.assert_allclose(reg.params_, ref, rtol=1e-6)
+    np.testing.assert_allclose(reg.pcov_, pcov, rtol=1e-10)
+    np.testing.assert_allclose(reg.perr_, np.sqrt(np.diag(ref_cov)), rtol=1e-3)
+    assert reg.param_names_ == tuple(model.__code__.co_varnames[1:len(p0) + 1])
+    assert reg.predict(x[:, None]).shape == (x.size,)
+    assert reg.score(x[:, None], y) > 0.95
+
+
+def test_two_feature_model_receives_k_by_m():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0, 2, size=(300, 2))
+    y = 1.5 * np.exp(-0.7 * X[:, 0]) + 0.4 * X[:, 1] + 0.01 * rng.normal(size=300)
+    reg = CurveFitRegressor(plane_decay, p0=[1, 1, 1]).fit(X, y)
+    ref = scipy_curve_fit(_np(plane_decay), X.T, y, p0=[1, 1, 1], ftol=1e-14, xtol=1e-14)[0]
+    np.testing.assert_allclose(reg.params_, ref, rtol=1e-6)
+    assert reg.n_features_in_ == 2
+
+
+@pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy", "arctan"])
+def test_robust_losses_and_bounds(loss):
+    model, p0, x, y = _data("decay")
+    y = y.copy()
+    y[::17] += 2.0
+    kw = dict(p0=p0, method="trf", loss=loss, f_scale=0.1, bounds=([0, 0, -1], [5, 5, 1]))
+    reg = CurveFitRegressor(model, ftol=1e-12, xtol=1e-12, gtol=1e-12, **kw).fit(x[:, None], y)
+    ref = scipy_curve_fit(_np(model), x, y, ftol=1e-12, xtol=1e-12, gtol=1e-12, **kw)[0]
+    np.testing.assert_allclose(reg.params_, ref, rtol=1e-6)
+
+
+def test_sample_weight_is_scipy_sigma():
+    model, p0, x, y = _data("gauss")
+    w = np.random.default_rng(2).uniform(0.2, 3.0, x.size)
+    reg = CurveFitRegressor(model, p0=p0).fit(x[:, None], y, sample_weight=w)
+    ref, ref_cov = scipy_curve_fit(_np(model), x, y, p0=p0, sigma=1 / np.sqrt(w),
+                                   ftol=1e-14, xtol=1e-14)
+    np.testing.assert_allclose(reg.params_, ref, rtol=1e-6)
+    np.testing.assert_allclose(reg.pcov_, ref_cov, rtol=1e-3)
+
+
+def test_default_model_is_linear():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(100, 3))
+    y = 0.5 + X @ [1.0, -2.0, 3.0]
+    reg = CurveFitRegressor().fit(X, y)
+    np.testing.assert_allclose(reg.params_, [0.5, 1.0, -2.0, 3.0], atol=1e-10)
+    assert reg.param_names_ == ("intercept", "coef_0", "coef_1", "coef_2")
+
+
+def test_pipeline_cross_val_and_grid_search():
+    model, p0, x, y = _data("gauss", m=300)
+    X = x[:, None]
+    pipe = make_pipeline(FunctionTransformer(lambda z: z * 1.0),
+                         CurveFitRegressor(model, p0=p0))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.shape == (3,) and np.all(scores > 0.9)
+    grid = {"method": ["trf", "dogbox"], "loss": ["linear", "soft_l1"], "f_scale": [0.5, 1.0],
+            "ftol": [1e-8, 1e-10]}
+    search = GridSearchCV(CurveFitRegressor(model, p0=p0), grid, cv=3).fit(X, y)
+    assert len(search.cv_results_["params"]) == 16
+    assert search.best_estimator_.score(X, y) > 0.95
+
+
+def test_pickle_and_clone():
+    model, p0, x, y = _data("decay")
+    reg = CurveFitRegressor(decay, p0=p0).fit(x[:, None], y)
+    again = pickle.loads(pickle.dumps(reg))
+    np.testing.assert_array_equal(again.predict(x[:, None]), reg.predict(x[:, None]))
+    fresh = clone(reg)
+    assert not hasattr(fresh, "params_") and fresh.get_params()["p0"] == p0
+
+
+def test_convergence_warning_when_budget_runs_out():
+    model, p0, x, y = _data("gauss")
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        reg = CurveFitRegressor(model, p0=p0, max_nfev=2).fit(x[:, None], y)
+    assert reg.status_ == 0 and reg.nfev_ == 2
+
+
+def test_errors_name_the_argument():
+    model, p0, x, y = _data("decay")
+    X = x[:, None]
+    with pytest.raises(ValueError, match="sample_weight"):
+        CurveFitRegressor(model, p0=p0).fit(X, y, sample_weight=-np.ones_like(y))
+    with pytest.raises(ValueError, match="sample_weight"):
+        CurveFitRegressor(model, p0=p0).fit(X, y, sample_weight=np.zeros_like(y))
+    with pytest.raises(NotFittedError):
+        CurveFitRegressor(model, p0=p0).predict(X)
+    reg = CurveFitRegressor(model, p0=p0).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        reg.predict(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="method"):
+        CurveFitRegressor(model, p0=p0, method="nope").fit(X, y)
+
+
+def test_dataframe_sets_feature_names():
+    pd = pytest.importorskip("pandas")
+    model, p0, x, y = _data("decay")
+    df = pd.DataFrame({"t": x})
+    reg = CurveFitRegressor(model, p0=p0).fit(df, y)
+    assert list(reg.feature_names_in_) == ["t"]
+    np.testing.assert_allclose(reg.predict(df), reg.predict(x[:, None]))
+
+
+def test_two_dimensional_target_fits_one_curve_per_column():
+    rng = np.random.default_rng(4)
+    x = np.linspace(0, 4, 150)
+    truth = np.array([[2.0, 1.0, 0.1], [1.0, 0.5, -0.2], [3.0, 2.0, 0.0]])
+    Y = np.stack([decay(x, *t) for t in truth], axis=1) + 0.01 * rng.normal(size=(150, 3))
+    Y[100:, 1] = np.nan  # a shorter column
+    reg = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(x[:, None], Y)
+    assert reg.params_.shape == (3, 3) and reg.pcov_.shape == (3, 3, 3)
+    assert reg.status_.shape == (3,) and reg.n_iter_.shape == (3,)
+    for j in range(3):
+        ok = ~np.isnan(Y[:, j])
+        ref = curve_fit(decay, x[ok], Y[ok, j], p0=[1, 1, 0])[0]
+        np.testing.assert_allclose(reg.params_[j], ref, rtol=1e-8)
+    assert reg.predict(x[:, None]).shape == (150, 3)
+
+
+def test_two_dimensional_target_isolates_failures():
+    x = np.linspace(0, 4, 50)
+    Y = np.stack([decay(x, 2.0, 1.0, 0.0), np.full(50, np.nan)], axis=1)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        reg = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(x[:, None], np.asarray(Y))
+    assert sum(issubclass(w.category, ConvergenceWarning) for w in rec) == 1
+    assert np.all(np.isnan(reg.params_[1])) and reg.status_[1] < 0
+    np.testing.assert_allclose(reg.params_[0], [2.0, 1.0, 0.0], atol=1e-8)

@@ -1,0 +1,18 @@
+"""The examples in public docstrings run and print what they claim."""
+
+import doctest
+
+import pytest
+
+import sknlsq._estimators._curve_fit
+import sknlsq._minpack
+import sknlsq._pool
+
+MODULES = [sknlsq._minpack, sknlsq._pool, sknlsq._estimators._curve_fit]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

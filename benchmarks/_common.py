@@ -59,6 +59,74 @@ def gauss_np(x, amp, mu, sigma, offset):
 
 
 # ---------------------------------------------------------------------------
+# Process probes (used as extra GridSearchCV scorers, so that each joblib
+# worker reports what it did; scorers must be importable module-level
+# callables with the signature scorer(estimator, X, y) -> float)
+# ---------------------------------------------------------------------------
+
+# JAX compilation events seen by this process (counted from the moment this
+# module is imported: in a loky worker, when the first task unpickles a model
+# from here, i.e. before that worker's first compile).
+JAX_EVENTS: dict = {}
+
+
+def _on_jax_event(event, **kwargs):
+    JAX_EVENTS[event] = JAX_EVENTS.get(event, 0) + 1
+
+
+def _on_jax_duration(event, seconds, **kwargs):
+    key = event + " [s]"
+    JAX_EVENTS[key] = JAX_EVENTS.get(key, 0.0) + seconds
+
+
+def _register_jax_listeners():
+    import jax.monitoring
+
+    jax.monitoring.register_event_listener(_on_jax_event)
+    jax.monitoring.register_event_duration_secs_listener(_on_jax_duration)
+
+
+_register_jax_listeners()
+
+
+def probe_pid(estimator, X, y):
+    """Scorer: the id of the process that fitted ``estimator``."""
+    return float(os.getpid())
+
+
+def probe_cache_dir_set(estimator, X, y):
+    """Scorer: 1.0 if JAX's persistent compilation cache is configured here."""
+    import jax
+
+    return 1.0 if jax.config.jax_compilation_cache_dir else 0.0
+
+
+def probe_cache_hits(estimator, X, y):
+    """Scorer: persistent-cache hits so far in this process (cumulative)."""
+    return float(JAX_EVENTS.get("/jax/compilation_cache/cache_hits", 0))
+
+
+def probe_cache_misses(estimator, X, y):
+    """Scorer: persistent-cache misses so far in this process (cumulative)."""
+    return float(JAX_EVENTS.get("/jax/compilation_cache/cache_misses", 0))
+
+
+def probe_backend_compile_s(estimator, X, y):
+    """Scorer: seconds of XLA backend compilation (or cache loading) so far in
+    this process (cumulative)."""
+    return float(JAX_EVENTS.get("/jax/core/compile/backend_compile_duration [s]", 0.0))
+
+
+PROBE_SCORERS = {
+    "pid": probe_pid,
+    "cache_dir_set": probe_cache_dir_set,
+    "cache_hits": probe_cache_hits,
+    "cache_misses": probe_cache_misses,
+    "backend_compile_s": probe_backend_compile_s,
+}
+
+
+# ---------------------------------------------------------------------------
 # Command line, timing
 # ---------------------------------------------------------------------------
 
@@ -93,7 +161,7 @@ def timed(fn, *args, **kwargs):
 
 
 def median(xs):
-    return statistics.median(xs)
+    return float(statistics.median(xs))
 
 
 def fmt_s(seconds: float) -> str:
@@ -149,12 +217,17 @@ def machine_info() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
+    try:
+        load = "%.2f / %.2f / %.2f" % os.getloadavg()
+    except (AttributeError, OSError):
+        load = "unknown"
     return {
         "platform": platform.platform(),
         "platform.processor()": repr(platform.processor()),
         "cpu model (/proc/cpuinfo)": _cpu_model() or "unknown",
         "os.cpu_count()": str(os.cpu_count()),
         "usable cpus (sched_getaffinity)": str(affinity),
+        "load average 1/5/15 min (start)": load,
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jax.devices()": str(jax.devices()),
@@ -196,7 +269,7 @@ class Row:
             ratio = sknlsq / reference
         self.ratio = ratio
         self.target = target
-        self.passed = passed
+        self.passed = None if passed is None else bool(passed)
         self.unit = unit
 
     def cells(self):
@@ -219,6 +292,10 @@ def print_table(rows, reference_name="scipy", quick=False):
     for cells in body:
         print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
     print(line)
+    try:
+        print("load average 1/5/15 min (end): %.2f / %.2f / %.2f" % os.getloadavg())
+    except (AttributeError, OSError):
+        pass
     if quick:
         print("(--quick run: reduced size, not the benchmark's figures)")
     sys.stdout.flush()

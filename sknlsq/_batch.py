@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _model
-from ._config import x64
+from ._config import x64, x64_for_host_callbacks
 from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
                    _initialize_feasible, _make_problem, _plan, _prepare_bounds,
                    _resolve_solver, _sample_axis)
@@ -104,7 +104,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                absolute_sigma=False, bounds=(-np.inf, np.inf), method=None, jac=None,
                loss="linear", f_scale=1.0, x_scale=None, ftol=1e-8, xtol=1e-8, gtol=None,
                max_nfev=None, nan_policy=None, check_finite=None, factor=10.0,
-               refine=DEFAULT_REFINE, retire=True, pool=None) -> BatchFitResult:
+               refine=DEFAULT_REFINE, retire=True, pool=None, stacklevel=2) -> BatchFitResult:
     """Fit ``model(xdata, *params)`` to every row of ``Y`` (shape (K, M)).
 
     ``p0``, ``bounds`` (each side), ``sigma`` and ``sample_weight`` may be
@@ -144,8 +144,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         n = p0a.shape[-1] if p0a.ndim else 1
         names = _model.parameter_names(model, n)
     lb, ub = _batch_bounds(bounds, K, n)
-    P0 = (np.stack([_initialize_feasible(lb[k], ub[k]) for k in range(K)]) if p0 is None
-          else _per_curve(p0, K, n, "p0"))
+    P0 = _initialize_feasible(lb, ub) if p0 is None else _per_curve(p0, K, n, "p0")
     if not np.all(np.isfinite(P0)):
         raise ValueError("`p0` must contain only finite values.")
     if np.any((P0 < lb) | (P0 > ub)):
@@ -199,7 +198,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         plan, padded = _plan(model, xdata, True, n, M, m_pad, (m_pad,), (M,),
                              jac if callable(jac) else None,
                              jac if isinstance(jac, str) else "2-point", None, False,
-                             P0[0], lb[0], ub[0], axis)
+                             P0[0], lb[0], ub[0], axis, stacklevel)
         if not padded:
             m_pad = M
         if m_pad != M:
@@ -215,8 +214,10 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         problem_key = (plan.key, plan.out_shape if plan.mode == "host" else None, loss,
                        method, has_bounds, use_jac_scale, int(refine), xdata.shape, n)
         todo = np.flatnonzero(~too_few)
-        out = _run_batched(pool, problem_key, plan, loss, method, has_bounds, use_jac_scale,
-                           int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, todo, retire)
+        with x64_for_host_callbacks(plan.uses_host):
+            out = _run_batched(pool, problem_key, plan, loss, method, has_bounds, use_jac_scale,
+                               int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, todo,
+                               retire)
     host_exc = _model.pop_host_error()
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "

@@ -8,6 +8,9 @@ cached per x64 state by JAX itself, so this costs nothing on repeated fits.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import jax
 
 
@@ -19,3 +22,46 @@ def x64():
     from jax.experimental import enable_x64  # older jax
 
     return enable_x64()
+
+
+_host_lock = threading.Lock()
+_host_depth = 0
+_host_saved = None
+
+
+@contextmanager
+def x64_for_host_callbacks(active=True):
+    """Turn on JAX's *global* x64 flag while host callbacks may run.
+
+    XLA runs host callbacks (NumPy-only models) on its own threads, which do
+    not see the thread-local scoped x64 setting; JAX would then cast the
+    callback's float64 values to float32. So while a fit with a host model
+    runs, the global flag is on; it is restored when the last such fit ends.
+    Fits of JAX-traceable models never touch it.
+    """
+    global _host_depth, _host_saved
+    if not active:
+        yield
+        return
+    with _host_lock:
+        if _host_depth == 0:
+            _host_saved = _global_x64()
+            jax.config.update("jax_enable_x64", True)
+        _host_depth += 1
+    try:
+        yield
+    finally:
+        with _host_lock:
+            _host_depth -= 1
+            if _host_depth == 0:
+                jax.config.update("jax_enable_x64", _host_saved)
+
+
+def _global_x64():
+    """The global (not thread-scoped) value of ``jax_enable_x64``."""
+    try:
+        from jax._src.config import enable_x64 as state
+
+        return bool(state.get_global())
+    except (ImportError, AttributeError):  # older jax: no scoped states to see past
+        return bool(jax.config.jax_enable_x64)

@@ -30,7 +30,7 @@ from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
 from . import _model
-from ._config import x64
+from ._config import x64, x64_for_host_callbacks
 from ._pool import resolve_pool
 from ._solvers import LOSSES, MESSAGES, NONFINITE_X0, Options, Problem, solve
 
@@ -278,10 +278,11 @@ def _pad_along(a, axis, size, mode="edge"):
 
 
 def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, rel_step,
-          col_deriv, p0, lb, ub, axis):
+          col_deriv, p0, lb, ub, axis, stacklevel=2):
     """Choose how to evaluate the model and whether padding can be used.
 
-    Returns ``(plan, use_padding)``.
+    Returns ``(plan, use_padding)``. ``stacklevel`` is that of the public
+    caller of ``fit_curve`` / ``fit_curves`` (for the fallback warning).
     """
     def shape_ok(out, target):
         try:
@@ -339,7 +340,7 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
             continue
         if isinstance(trace_exc, ValueError) and "returned an array of shape" in str(trace_exc):
             raise trace_exc
-        _model.warn_fallback(trace_exc, has_jac=callable(jac), stacklevel=5)
+        _model.warn_fallback(trace_exc, has_jac=callable(jac), stacklevel=stacklevel + 3)
         jac_mode = "host" if callable(jac) else "fd"
         return _model.ModelPlan(
             f, mode="host", jac=jac if callable(jac) else None, jac_mode=jac_mode,
@@ -503,7 +504,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
     with x64():
         plan, padded = _plan(model, xdata, x_is_array, n, m, m_pad, (m_pad,), ydata.shape,
-                             jac_callable, fd_scheme, rel_step, col_deriv, p0, lb, ub, axis)
+                             jac_callable, fd_scheme, rel_step, col_deriv, p0, lb, ub, axis,
+                             stacklevel)
         if not padded:
             m_pad = m
         opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),
@@ -519,7 +521,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
             solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
                                       has_bounds, use_jac_scale, int(refine), args)
             _model.reset_host_error()
-            sol = jax.device_get(solver(*args))
+            with x64_for_host_callbacks(plan.uses_host):
+                sol = jax.device_get(solver(*args))
         finally:
             for buf in lent:
                 pool.release(buf)

@@ -197,7 +197,7 @@ def _curve_fit_batch(f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, b
     res = fit_curves(f, xdata, ydata, p0=p0, sigma=sigma, absolute_sigma=absolute_sigma,
                      check_finite=check_finite, bounds=bounds, method=method, jac=jac,
                      nan_policy=nan_policy, ftol=ftol, xtol=xtol, gtol=gtol,
-                     max_nfev=max_nfev, retire=retire, **kwargs)
+                     max_nfev=max_nfev, retire=retire, stacklevel=3, **kwargs)
     failed = np.flatnonzero(~res.success)
     if failed.size:
         codes, counts = np.unique(res.status[failed], return_counts=True)

@@ -196,6 +196,11 @@ class ModelPlan:
         self.key = (_hashable(f), mode, _hashable(jac), jac_mode, fd_scheme, rel_step, bool(col_deriv), token,
                     None if lb is None else (tuple(lb), tuple(ub)))
 
+    @property
+    def uses_host(self):
+        """Whether the compiled program calls back into Python."""
+        return self.mode == "host" or self.jac_mode in ("host", "fd")
+
     # -- model values -----------------------------------------------------
     def evaluate(self, p, x):
         if self.mode == "jax":

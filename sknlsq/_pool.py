@@ -198,7 +198,15 @@ class MemoryPool:
         return (f"MemoryPool(max_pool_size={self.max_pool_size}, programs={s['programs']}, "
                 f"memory={s['memory']} bytes)")
 
-    # Pools travel to joblib workers as fresh, empty pools with the same settings.
+    # A pool is a shared resource, not a value: copies (scikit-learn's clone
+    # deep-copies parameters) share it. Pools travel to other processes
+    # (joblib workers) as fresh, empty pools with the same settings.
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     def __getstate__(self):
         return {"max_pool_size": self.max_pool_size, "cache_dir": self.cache_dir}
 

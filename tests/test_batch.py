@@ -133,3 +133,12 @@ def test_batch_input_validation():
         fit_curves(decay, x[:-1], Y, p0=[1, 1, 0])
     with pytest.raises(ValueError, match="bounds"):
         fit_curves(decay, x, Y, p0=[1, 1, 0], bounds=(np.zeros((3, 3)), np.zeros((3, 3))))
+
+
+def test_numpy_model_in_a_batch_uses_the_host_path_and_keeps_user_float32():
+    x, Y, _ = _curves(3, M=60)
+    with pytest.warns(UserWarning, match="(?i)finite differences"):
+        res = fit_curves(decay_np, x, Y, p0=[1, 1, 0])
+    ref = fit_curves(decay, x, Y, p0=[1, 1, 0])
+    np.testing.assert_allclose(res.params, ref.params, rtol=1e-6)
+    assert jnp.ones(2).dtype == jnp.float32  # the global x64 flag was restored

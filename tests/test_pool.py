@@ -103,3 +103,15 @@ def test_pool_pickles_as_an_empty_pool():
     clone = pickle.loads(pickle.dumps(pool))
     assert clone.max_pool_size == 7
     assert clone.get_stats()["compiles"] == 0
+
+
+def test_clone_shares_the_pool():
+    import copy
+
+    from sklearn.base import clone
+
+    from sknlsq import CurveFitRegressor
+
+    pool = MemoryPool()
+    est = CurveFitRegressor(decay, p0=[1, 1, 0], pool=pool)
+    assert clone(est).pool is pool and copy.deepcopy(pool) is pool

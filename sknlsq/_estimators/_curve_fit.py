@@ -121,6 +121,14 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
     ``sample_weight`` multiplies the squared residuals, so it is equivalent to
     scipy's ``sigma = 1 / sqrt(sample_weight)``.
 
+    The estimator holds ``model`` by reference, so it pickles (with
+    :mod:`pickle` or :func:`joblib.dump`) only when ``model`` is a module-level
+    function. Lambdas and closures do not pickle with the standard library;
+    ``cloudpickle`` serialises them, and joblib's default parallel backend
+    uses it, so ``n_jobs`` in :func:`~sklearn.model_selection.cross_val_score`
+    or :class:`~sklearn.model_selection.GridSearchCV` works with them.
+    :func:`~sklearn.base.clone` works with any callable.
+
     Examples
     --------
     >>> import numpy as np, jax.numpy as jnp
@@ -225,7 +233,7 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
             return self._fit_batch(model, p0, X, Y, sample_weight)
 
         res = fit_curve(model, _xdata(X), y, p0=p0, sample_weight=sample_weight,
-                        warn_cov=False, **self._settings())
+                        warn_cov=False, stacklevel=3, **self._settings())
         self.params_ = res.params
         self.param_names_ = self._param_names(res.param_names, X.shape[1])
         self.pcov_ = res.pcov
@@ -236,15 +244,17 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
         self.status_ = res.status
         self.message_ = res.message
         if not res.success:
+            # stacklevel 3: past fit and scikit-learn's _fit_context wrapper.
             warnings.warn(f"The fit did not converge: {res.message} Increase `max_nfev` or "
-                          "check `p0` and the model.", ConvergenceWarning, stacklevel=2)
+                          "check `p0` and the model.", ConvergenceWarning, stacklevel=3)
         return self
 
     def _fit_batch(self, model, p0, X, Y, sample_weight):
         Yt = Y.T  # (n_targets, n_samples): one curve per row
         sw = None if sample_weight is None else np.broadcast_to(sample_weight, Yt.shape)
         res = fit_curves(model, _xdata(X), Yt, p0=p0, sample_weight=sw,
-                         nan_policy="omit", check_finite=False, **self._settings())
+                         nan_policy="omit", check_finite=False, stacklevel=4,
+                         **self._settings())
         self.params_ = res.params
         self.param_names_ = self._param_names(res.param_names, X.shape[1])
         self.pcov_ = res.pcov
@@ -258,7 +268,7 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
         if failed.size:
             warnings.warn(f"{failed.size} of {Yt.shape[0]} targets did not converge "
                           f"(columns {failed[:10].tolist()}); see status_ and message_.",
-                          ConvergenceWarning, stacklevel=3)
+                          ConvergenceWarning, stacklevel=4)
         return self
 
     def predict(self, X):
@@ -287,6 +297,8 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.regressor_tags.poor_score = False
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
         tags.input_tags.allow_nan = False

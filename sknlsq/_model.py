@@ -43,7 +43,26 @@ class JaxFallbackWarning(UserWarning):
 # --------------------------------------------------------------------------
 
 
+_names_cache: OrderedDict = OrderedDict()
+
+
 def parameter_names(f: Callable, n: int | None) -> tuple[str, ...]:
+    """Names of the fit parameters of ``f(x, a, b, ...)`` (cached per model)."""
+    try:
+        key = (f, n)
+        hit = _names_cache.get(key)
+    except TypeError:  # unhashable callable
+        return _parameter_names(f, n)
+    if hit is None:
+        hit = _parameter_names(f, n)
+        with _probe_lock:
+            _names_cache[key] = hit
+            while len(_names_cache) > 256:
+                _names_cache.popitem(last=False)
+    return hit
+
+
+def _parameter_names(f: Callable, n: int | None) -> tuple[str, ...]:
     """Names of the fit parameters of ``f(x, a, b, ...)``.
 
     With ``n`` given (from ``p0``) and a variadic signature ``f(x, *params)``

@@ -120,8 +120,8 @@ def solve_lsq_trust_region(m, uf, s, V, Delta, alpha0, rtol=0.01, max_iter=10,
     reset = jnp.maximum(0.001 * alpha_upper, jnp.sqrt(alpha_lower * alpha_upper))
     alpha = jnp.where((alpha0 == 0) & ~full_rank, reset, alpha0)
 
-    def body(_, carry):
-        alpha, a_used, lower, upper, done = carry
+    def body(carry):
+        alpha, a_used, lower, upper, done, it = carry
         outside = (alpha < lower) | (alpha > upper)
         a = jnp.where(outside,
                       jnp.maximum(0.001 * upper, jnp.sqrt(lower * upper)), alpha)
@@ -134,10 +134,14 @@ def solve_lsq_trust_region(m, uf, s, V, Delta, alpha0, rtol=0.01, max_iter=10,
         keep = done
         return (jnp.where(keep, alpha, a_n), jnp.where(keep, a_used, a),
                 jnp.where(keep, lower, lower_n), jnp.where(keep, upper, upper_n),
-                done | conv)
+                done | conv, it + 1)
 
-    alpha, a_used, _, _, _ = jax.lax.fori_loop(
-        0, max_iter, body, (alpha, alpha, alpha_lower, alpha_upper, jnp.array(False)))
+    # A while loop (not a fixed-count loop) so that the common cases cost
+    # nothing: the Gauss-Newton step inside the region needs no iteration and
+    # the warm-started iteration usually converges in one or two.
+    alpha, a_used, _, _, _, _ = jax.lax.while_loop(
+        lambda c: ~c[4] & (c[5] < max_iter), body,
+        (alpha, alpha, alpha_lower, alpha_upper, gn_inside, jnp.zeros((), jnp.int32)))
     if not rescale:
         # Without the final rescaling (MINPACK's lmpar) the step must be the one
         # whose length was verified: use the last evaluated parameter, which

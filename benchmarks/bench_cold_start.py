@@ -191,7 +191,8 @@ def main(argv=None):
     print(f"\nPersistent cache: {n_files} files after the populating process, "
           f"{n_files_after} after the {reps} warm-cache process(es)"
           f"{' (no new entries: all hits)' if n_files_after == n_files else ''}.")
-    print(f"Process wall time incl. imports (median): scipy {C.fmt_s(med(scipy_runs, 'process_wall'))}, "
+    print("Process wall time incl. imports (median): "
+          f"scipy {C.fmt_s(med(scipy_runs, 'process_wall'))}, "
           f"sknlsq {C.fmt_s(med(cold_runs, 'process_wall'))} (no cache), "
           f"{C.fmt_s(med(cached_runs, 'process_wall'))} (warm cache)\n")
 

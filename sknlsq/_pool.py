@@ -25,6 +25,8 @@ import contextvars
 import os
 import threading
 import time
+import uuid
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -77,6 +79,9 @@ class MemoryPool:
         self._held = 0  # bytes of all buffers owned by the pool (free or lent)
         self._lent: dict = {}  # id(array) -> key, for release
         self._tokens: list = []
+        self._id = uuid.uuid4().hex
+        with _registry_lock:
+            _registry[self._id] = self
         self._reset_stats()
 
     # -- statistics ------------------------------------------------------------
@@ -199,23 +204,37 @@ class MemoryPool:
                 f"memory={s['memory']} bytes)")
 
     # A pool is a shared resource, not a value: copies (scikit-learn's clone
-    # deep-copies parameters) share it. Pools travel to other processes
-    # (joblib workers) as fresh, empty pools with the same settings.
+    # deep-copies parameters) share it. A pool sent to another process
+    # (joblib workers) arrives as that process's pool for the same identity:
+    # created empty with the same settings the first time, then shared by
+    # every later task there, so compiled programs are reused across tasks.
     def __copy__(self):
         return self
 
     def __deepcopy__(self, memo):
         return self
 
-    def __getstate__(self):
-        return {"max_pool_size": self.max_pool_size, "cache_dir": self.cache_dir}
-
-    def __setstate__(self, state):
-        self.__init__(state["max_pool_size"], cache_dir=state["cache_dir"])
+    def __reduce__(self):
+        return (_restore_pool, (self._id, self.max_pool_size, self.cache_dir))
 
 
 _default_pool = None
 _default_lock = threading.Lock()
+_registry: "weakref.WeakValueDictionary[str, MemoryPool]" = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def _restore_pool(pool_id, max_pool_size, cache_dir):
+    """Unpickling: this process's pool of that identity (created on first use)."""
+    with _registry_lock:
+        pool = _registry.get(pool_id)
+    if pool is None:
+        pool = MemoryPool(max_pool_size, cache_dir=cache_dir)
+        with _registry_lock:
+            _registry.pop(pool._id, None)
+            pool._id = pool_id
+            pool = _registry.setdefault(pool_id, pool)
+    return pool
 
 
 def get_default_pool() -> MemoryPool:

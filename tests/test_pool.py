@@ -95,14 +95,22 @@ def test_pool_argument_validation():
         MemoryPool(max_pool_size=0)
 
 
-def test_pool_pickles_as_an_empty_pool():
+def test_pool_pickles_by_identity():
     import pickle
+    import subprocess
+    import sys
 
     pool = MemoryPool(max_pool_size=7)
     curve_fit(decay, *_data(100, 0), pool=pool)
-    clone = pickle.loads(pickle.dumps(pool))
-    assert clone.max_pool_size == 7
-    assert clone.get_stats()["compiles"] == 0
+    blob = pickle.dumps(pool)
+    assert pickle.loads(blob) is pool  # same process: the same pool
+    # Another process gets one empty pool with the same settings, shared by
+    # everything unpickled there with the same identity.
+    code = ("import pickle, sys; b = sys.stdin.buffer.read(); a = pickle.loads(b); "
+            "c = pickle.loads(b); print(a is c, a.max_pool_size, a.get_stats()['compiles'])")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True,
+                         check=True).stdout.decode().split()
+    assert out == ["True", "7", "0"]
 
 
 def test_clone_shares_the_pool():

@@ -31,6 +31,7 @@ from ._common import (build_quadratic_1d, check_termination, cl_scaling_vector,
                       norm, safe_div, solve_lsq_trust_region, step_size_to_bound,
                       update_tr_radius)
 from ._problem import linearize, trial_cost
+from ._smallla import svd_auto
 
 
 class TRFState(NamedTuple):
@@ -144,7 +145,7 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
         R_h = state.R * d[None, :]
         A, b = R_h, state.qtf
     g_h = d * g
-    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+    U, s, Vt = svd_auto(A)
     uf = U.T @ b
     theta = jnp.maximum(0.995, 1.0 - state.g_norm)
     p_h, alpha = solve_lsq_trust_region(m, uf, s, Vt.T, state.Delta, state.alpha)

@@ -222,10 +222,12 @@ _default_pool = None
 _default_lock = threading.Lock()
 _registry: "weakref.WeakValueDictionary[str, MemoryPool]" = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
+_restored: dict = {}  # pools created by unpickling: held for the life of the process
 
 
 def _restore_pool(pool_id, max_pool_size, cache_dir):
-    """Unpickling: this process's pool of that identity (created on first use)."""
+    """Unpickling: this process's pool of that identity (created on first use
+    and then kept, so later tasks in a worker process find its programs)."""
     with _registry_lock:
         pool = _registry.get(pool_id)
     if pool is None:
@@ -234,6 +236,7 @@ def _restore_pool(pool_id, max_pool_size, cache_dir):
             _registry.pop(pool._id, None)
             pool._id = pool_id
             pool = _registry.setdefault(pool_id, pool)
+            _restored[pool_id] = pool
     return pool
 
 
@@ -256,10 +259,18 @@ def resolve_pool(pool=None) -> MemoryPool:
 
 
 def enable_persistent_cache(cache_dir):
-    """Turn on JAX's persistent compilation cache in ``cache_dir`` (process-wide)."""
+    """Turn on JAX's persistent compilation cache in ``cache_dir`` (process-wide).
+
+    The matching environment variables are set too, so worker processes
+    started afterwards (joblib/loky, multiprocessing) use the same cache from
+    their first compile on.
+    """
     import jax
 
     os.makedirs(cache_dir, exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.fspath(cache_dir)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     jax.config.update("jax_compilation_cache_dir", os.fspath(cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -47,7 +47,9 @@ class MemoryPool:
     cache_dir : str or os.PathLike, optional
         Turn on JAX's persistent compilation cache in this directory, so that
         other processes (joblib workers, later runs) load compiled programs
-        instead of compiling them. This is a process-wide JAX setting.
+        instead of compiling them. This is a process-wide JAX setting, and it
+        is also exported as ``JAX_COMPILATION_CACHE_DIR`` (with zero minimum
+        compile time and entry size) for worker processes started later.
 
     Examples
     --------

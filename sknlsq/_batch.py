@@ -103,7 +103,8 @@ def _batch_bounds(bounds, K, n):
 def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                absolute_sigma=False, bounds=(-np.inf, np.inf), method=None, jac=None,
                loss="linear", f_scale=1.0, x_scale=None, ftol=1e-8, xtol=1e-8, gtol=None,
-               max_nfev=None, nan_policy=None, check_finite=None, factor=10.0,
+               max_nfev=None, nan_policy=None, check_finite=None, diff_step=None,
+               col_deriv=False, factor=10.0,
                refine=DEFAULT_REFINE, retire=True, pool=None, stacklevel=2) -> BatchFitResult:
     """Fit ``model(xdata, *params)`` to every row of ``Y`` (shape (K, M)).
 
@@ -197,7 +198,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
     with x64():
         plan, padded = _plan(model, xdata, True, n, M, m_pad, (m_pad,), (M,),
                              jac if callable(jac) else None,
-                             jac if isinstance(jac, str) else "2-point", None, False,
+                             jac if isinstance(jac, str) else "2-point", diff_step, col_deriv,
                              P0[0], lb[0], ub[0], axis, stacklevel)
         if not padded:
             m_pad = M

@@ -192,8 +192,6 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
 def _curve_fit_batch(f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds,
                      method, jac, full_output, nan_policy, ftol, xtol, gtol, max_nfev,
                      retire, kwargs):
-    for key in ("col_deriv", "diff_step"):
-        kwargs.pop(key, None)
     res = fit_curves(f, xdata, ydata, p0=p0, sigma=sigma, absolute_sigma=absolute_sigma,
                      check_finite=check_finite, bounds=bounds, method=method, jac=jac,
                      nan_policy=nan_policy, ftol=ftol, xtol=xtol, gtol=gtol,

@@ -214,10 +214,10 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                        np.int32(max_nfev), np.float64(f_scale), np.float64(factor))
         problem_key = (plan.key, plan.out_shape if plan.mode == "host" else None, loss,
                        method, has_bounds, use_jac_scale, int(refine), xdata.shape, n)
-        todo = np.flatnonzero(~too_few)
+        pending = np.flatnonzero(~too_few)
         with x64_for_host_callbacks(plan.uses_host):
             out = _run_batched(pool, problem_key, plan, loss, method, has_bounds, use_jac_scale,
-                               int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, todo,
+                               int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, pending,
                                retire)
     host_exc = _model.pop_host_error()
     if host_exc is not None:
@@ -268,7 +268,7 @@ def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, 
 
 
 def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, xdata,
-                 Y, W, P0, LB, UB, XS, opts, todo, retire):
+                 Y, W, P0, LB, UB, XS, opts, pending, retire):
     K, n = P0.shape
     params = np.array(P0, dtype=float)
     cost = np.full(K, np.nan)
@@ -277,10 +277,10 @@ def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refin
     nfev = np.zeros(K, dtype=np.int64)
     njev = np.zeros(K, dtype=np.int64)
     nit = np.zeros(K, dtype=np.int64)
-    if todo.size == 0:
+    if pending.size == 0:
         return params, cost, R, status, nfev, njev, nit
 
-    queue = list(todo)
+    queue = list(pending)
     slots = _pow2(len(queue)) if (not retire or len(queue) <= MAX_SLOTS) else MAX_SLOTS
     max_steps = None if (not retire or len(queue) <= slots) else SEGMENT
 

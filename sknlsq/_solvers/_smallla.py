@@ -131,6 +131,16 @@ SMALL_QR_M_MAX = 16
 # --------------------------------------------------------------------------
 
 
+def _as_matrix(A, name):
+    """``A`` as a floating 2-D jax array (integers promoted), or a clear error."""
+    A = jnp.asarray(A)
+    if A.ndim != 2:
+        raise ValueError(f"{name} expects a 2-D array, got shape {A.shape}")
+    if not jnp.issubdtype(A.dtype, jnp.floating):
+        A = A.astype(jnp.result_type(float))
+    return A
+
+
 def _pow2_scale(amax):
     """Exact powers of two ``(scale, unscale = 1 / scale)`` such that
     ``amax * scale`` lies in [0.5, 1). Both stay normal numbers (exponent
@@ -166,11 +176,7 @@ def qr_r(A, *, scale=True):
     ``scale=False`` skips the exact power-of-two column scaling (one extra
     pass over ``A``); only safe if no squared entry over- or underflows.
     """
-    A = jnp.asarray(A)
-    if A.ndim != 2:
-        raise ValueError(f"qr_r expects a 2-D array, got shape {A.shape}")
-    if not jnp.issubdtype(A.dtype, jnp.floating):
-        A = A.astype(jnp.result_type(float))
+    A = _as_matrix(A, "qr_r")
     m, k = A.shape
     if m < k:
         A = jnp.concatenate([A, jnp.zeros((k - m, k), A.dtype)], axis=0)
@@ -277,11 +283,7 @@ def svd_small(A, *, max_sweeps=20, tol=None):
 
 def _svd_jacobi(A, max_sweeps=20, tol=None):
     """``svd_small`` plus the number of sweeps taken (for tests/diagnostics)."""
-    A = jnp.asarray(A)
-    if A.ndim != 2:
-        raise ValueError(f"svd_small expects a 2-D array, got shape {A.shape}")
-    if not jnp.issubdtype(A.dtype, jnp.floating):
-        A = A.astype(jnp.result_type(float))
+    A = _as_matrix(A, "svd_small")
     p, n = A.shape
     if p < n:
         U, s, Vt, it = _svd_jacobi(A.T, max_sweeps, tol)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _model
-from ._config import x64, x64_for_host_callbacks
+from ._config import compile_lowered, x64, x64_for_host_callbacks
 from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
                    _initialize_feasible, _make_problem, _plan, _prepare_bounds,
                    _resolve_solver, _sample_axis)
@@ -245,7 +245,7 @@ def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, 
     def build_start():
         problem = _make_problem(plan, "diag", loss, True)
         f = jax.vmap(partial(start, problem, refine=refine, **kw), in_axes=axes)
-        return jax.jit(f).lower(*args).compile()
+        return compile_lowered(jax.jit(f).lower(*args))
 
     start_prog = pool.program(("batch-start", key, slots, shapes), build_start)
 
@@ -297,7 +297,7 @@ def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refin
     def build_seg():
         carry = start_prog(*args)
         fn = jax.jit(build_segment(max_steps))
-        return fn.lower(carry, *args).compile()
+        return compile_lowered(fn.lower(carry, *args))
 
     shapes = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(args))
     seg_prog = pool.program(("batch-segment", key, slots, max_steps, shapes), build_seg)

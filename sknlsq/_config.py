@@ -65,3 +65,23 @@ def _global_x64():
         return bool(state.get_global())
     except (ImportError, AttributeError):  # older jax: no scoped states to see past
         return bool(jax.config.jax_enable_x64)
+
+
+# XLA:CPU's newer fusion emitters roughly double the compile time of the
+# solver programs (many small fusions inside nested while loops) and made the
+# compiled fits no faster here (jax 0.10, 2-core x86_64: lm solver compile
+# 1.13 s -> 0.58 s, warm 1,000-point fit 441 -> 324 us; see
+# benchmarks/README.md). The option only exists on the CPU backend.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+_options_ok = True
+
+
+def compile_lowered(lowered):
+    """``lowered.compile()`` with this package's compiler options."""
+    global _options_ok
+    if _options_ok and jax.default_backend() == "cpu":
+        try:
+            return lowered.compile(compiler_options=_CPU_COMPILER_OPTIONS)
+        except Exception:  # an XLA without this option: compile as is from now on
+            _options_ok = False
+    return lowered.compile()

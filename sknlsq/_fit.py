@@ -30,7 +30,7 @@ from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
 from . import _model
-from ._config import x64, x64_for_host_callbacks
+from ._config import compile_lowered, x64, x64_for_host_callbacks
 from ._pool import resolve_pool
 from ._solvers import LOSSES, MESSAGES, NONFINITE_X0, Options, Problem, solve
 
@@ -138,7 +138,7 @@ def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
         problem = _make_problem(plan, weighting, loss, use_fwd)
         run = partial(solve, problem, method=method, has_bounds=has_bounds,
                       use_jac_scale=use_jac_scale, refine=refine)
-        return jax.jit(lambda *a: _pack(run(*a))).lower(*args).compile()
+        return compile_lowered(jax.jit(lambda *a: _pack(run(*a))).lower(*args))
 
     return pool.program(key, build)
 

@@ -9,8 +9,8 @@ as needed.
 from ._driver import (MESSAGES, METHODS, NONFINITE_X0, RUNNING, Carry, Options, Solution,
                       advance, finish, running, solve, start)
 from ._losses import LOSSES
-from ._problem import Linearization, Problem, linearize
+from ._problem import ChunkedProblem, Linearization, Problem, linearize
 
-__all__ = ["LOSSES", "MESSAGES", "METHODS", "NONFINITE_X0", "RUNNING", "Carry",
+__all__ = ["LOSSES", "MESSAGES", "METHODS", "NONFINITE_X0", "RUNNING", "Carry", "ChunkedProblem",
            "Linearization", "Options", "Problem", "Solution", "advance", "finish", "linearize",
            "running", "solve", "start"]

@@ -95,7 +95,7 @@ def step(state: DogboxState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
 
     # Minimum-norm Gauss-Newton step on the free variables.
     U, s, Vt = svd_auto(R_free)
-    keep = s > EPS * max(m, x.shape[0]) * s[0]
+    keep = s > EPS * jnp.maximum(m, x.shape[0]) * s[0]
     s_inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     newton = jnp.where(free, -(Vt.T @ (s_inv * (U.T @ state.qtf))), 0.0)
     Rg = R_free @ g_free

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from . import _dogbox, _lm, _trf
 from ._common import EPS, find_active_constraints, make_strictly_feasible
+from ._problem import n_residuals
 
 METHODS = {"trf": _trf, "lm": _lm, "dogbox": _dogbox}
 
@@ -160,8 +161,4 @@ def solve(problem, x0, data, lb, ub, x_scale, opts: Options, *, method: str,
 
 def _static(problem, x, data, has_bounds, use_jac_scale):
     return dict(has_bounds=has_bounds, use_jac_scale=use_jac_scale,
-                m=_n_residuals(problem, x, data))
-
-
-def _n_residuals(problem, x0, data):
-    return jax.eval_shape(problem.fun, x0, data).shape[0]
+                m=n_residuals(problem, x, data))

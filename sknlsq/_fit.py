@@ -19,6 +19,8 @@ and 1033 points reuse one compiled program.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +40,37 @@ EPS = np.finfo(np.float64).eps
 METHOD_NAMES = ("trf", "dogbox", "lm")
 FD_SCHEMES = ("2-point", "3-point", "cs")
 DEFAULT_REFINE = 50
+# Above this many bytes of [J | f], in-memory fits accumulate the QR factor
+# chunk by chunk (rows of _CHUNK_ROWS) instead of forming the Jacobian.
+_JACOBIAN_BUDGET = 64 << 20
+_CHUNK_ROWS = 1 << 18
+
+
+def jacobian_budget():
+    """Bytes of ``[J | f]`` above which a fit runs in chunks
+    (``SKNLSQ_JACOBIAN_BUDGET`` overrides the default of 64 MiB)."""
+    env = os.environ.get("SKNLSQ_JACOBIAN_BUDGET")
+    return int(env) if env else _JACOBIAN_BUDGET
+
+
+def _pointwise(model, xdata, p0, m):
+    """Whether ``model`` looks point-wise (row i of its output depends only
+    on row i of ``xdata``), so that chunked evaluation is exact: a block of
+    rows evaluated alone must give what it gives inside a longer array
+    (catches normalisations and running sums over the data)."""
+    k = min(4096, m // 2)
+    try:
+        both = evaluate_model(model, xdata[..., :2 * k], p0)
+        halves = [evaluate_model(model, xdata[..., :k], p0),
+                  evaluate_model(model, xdata[..., k:2 * k], p0)]
+    except Exception:  # noqa: BLE001 - any failure: use the ordinary path
+        return False
+    if both.shape != (2 * k,) or any(h.shape != (k,) for h in halves):
+        return False
+    return bool(np.allclose(both, np.concatenate(halves), rtol=1e-12, atol=0,
+                            equal_nan=True))
+
+
 _PAD_LIMIT = 1 << 22  # above this many points, fit the exact shape (no padding copy)
 _MIN_BUCKET = 16
 
@@ -516,6 +549,31 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     fd_scheme = jac if isinstance(jac, str) else "2-point"
     jac_callable = jac if callable(jac) else None
     rel_step = diff_step
+
+    # Large in-memory data: never form the m x n Jacobian (see _stream).
+    if (weighting == "diag" and ydata.ndim == 1 and x_is_array and xdata.ndim in (1, 2)
+            and _sample_axis(xdata, m) == xdata.ndim - 1 and jac is None
+            and diff_step is None and not col_deriv
+            and m * (n + 1) * 8 > jacobian_budget()
+            and _pointwise(model, xdata, p0, m)):
+        from ._stream import fit_in_chunks
+
+        unit = sigma is None and sample_weight is None
+        res = fit_in_chunks(model, xdata, ydata, None if unit else w,
+                            chunk_size=_CHUNK_ROWS, p0=p0, bounds=(lb, ub), method=method, loss=loss, f_scale=f_scale,
+                            x_scale=x_scale, ftol=ftol, xtol=xtol, gtol=gtol,
+                            max_nfev=max_nfev, refine=int(refine), pool=pool,
+                            absolute_sigma=absolute_sigma, m_dof=m_dof,
+                            stacklevel=stacklevel + 1)
+        fun = np.empty(m)
+        for i in range(0, m, _CHUNK_ROWS):
+            part = slice(i, i + _CHUNK_ROWS)
+            fun[part] = w[part] * (evaluate_model(model, xdata[..., part], res.params)
+                                   .reshape(-1) - ydata[part])
+        if not res.cov_estimated and warn_cov:
+            warnings.warn("Covariance of the parameters could not be estimated",
+                          category=OptimizeWarning, stacklevel=stacklevel + 1)
+        return dataclasses.replace(res, fun=fun)
 
     # Padding to a shape bucket.
     axis = _sample_axis(xdata, m) if (x_is_array and xdata.ndim >= 1) else None

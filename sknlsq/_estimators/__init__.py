@@ -1,5 +1,6 @@
 """scikit-learn estimators: thin layers over the shared fitting core."""
 
 from ._curve_fit import CurveFitRegressor
+from ._streaming import StreamingCurveFitRegressor
 
-__all__ = ["CurveFitRegressor"]
+__all__ = ["CurveFitRegressor", "StreamingCurveFitRegressor"]

@@ -1,0 +1,381 @@
+"""StreamingCurveFitRegressor: exact out-of-core fits and online updates.
+
+The scikit-learn layer over :mod:`sknlsq._stream`: ``fit`` runs the exact
+multi-pass chunked solver over a data source (arrays, memory maps, HDF5
+datasets, re-iterable chunk generators); ``partial_fit`` folds one chunk at a
+time into an information-form estimate.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from .._fit import _bucket, evaluate_model
+from .._pool import MemoryPool
+from .._sources import ArraySource, ChunkSource, as_source
+from .._stream import (OnlineState, _settings_check, covariance_from_R, fit_chunked,
+                       online_update)
+from ._curve_fit import _xdata, linear_model
+
+
+def _is_source_like(X):
+    if isinstance(X, ChunkSource) or callable(X):
+        return True
+    mod = type(X).__module__ or ""
+    return mod.startswith("h5py")
+
+
+class StreamingCurveFitRegressor(RegressorMixin, BaseEstimator):
+    """Nonlinear least-squares curve fit over data read in chunks.
+
+    ``fit`` is exact: every solver iteration makes one pass over the data,
+    accumulating the QR factor of the Jacobian chunk by chunk in float64, so
+    the result equals an in-memory :class:`~sknlsq.CurveFitRegressor` fit
+    while memory depends only on ``chunk_size`` and the number of
+    parameters. ``partial_fit`` is the online mode for data arriving over
+    time.
+
+    Parameters
+    ----------
+    model : callable, default=None
+        ``model(x, *params)``, point-wise, in scipy's convention: ``x`` is a
+        chunk's ``X[:, 0]`` for one feature and ``X.T`` otherwise. ``None``
+        fits a linear model ``intercept + sum_j coef_j * x_j``.
+    p0 : array-like of shape (n_params,), default=None
+        Initial parameters (ones, zeros for the linear model, or the middle
+        of finite bounds when omitted).
+    bounds : 2-tuple of array-like, default=(-inf, inf)
+        Lower and upper bounds on the parameters.
+    method : {'lm', 'trf', 'dogbox'}, default=None
+        Solver; ``None`` picks 'lm' without bounds and 'trf' with bounds.
+    loss : {'linear', 'soft_l1', 'huber', 'cauchy', 'arctan'}, default='linear'
+        Robust loss ('trf' and 'dogbox' only).
+    f_scale : float, default=1.0
+        Soft margin of the robust losses.
+    x_scale : array-like or 'jac', default=None
+        Characteristic scale of each parameter (scipy's meaning).
+    ftol, xtol, gtol : float, default=1e-8
+        Termination tolerances (scipy's meaning).
+    max_nfev : int, default=None
+        Maximum number of trial evaluations (passes) of ``fit``, and of each
+        ``partial_fit`` update; default ``100 * n * (n + 1)``.
+    chunk_size : int, default=65536
+        Rows per chunk. Memory is O(chunk_size * n_params).
+    nan_policy : {'raise', 'omit'}, default='raise'
+        Non-finite values in a chunk raise an error naming the chunk, or
+        (``'omit'``) their rows are skipped.
+    forgetting_factor : float in (0, 1], default=1.0
+        ``partial_fit`` only: weight of the information of earlier chunks at
+        each update (1: all data count equally).
+    checkpoint : str or path, default=None
+        File (.npz) where ``fit`` saves its state every ``checkpoint_every``
+        solver steps, atomically. A ``fit`` that finds the file resumes from
+        it (after checking that it belongs to the same data and settings)
+        and reaches the same result as an uninterrupted fit. The file is
+        kept after the fit; delete it to start afresh.
+    checkpoint_every : int, default=1
+        Solver steps (each one or two passes) between checkpoints.
+    verbose : int, default=0
+        ``> 0`` shows a tqdm progress bar of the passes with points/s.
+    absolute_sigma : bool, default=False
+        scipy's meaning for the covariance (weights are ``1 / sigma**2``).
+    pool : MemoryPool, default=None
+        Pool holding the compiled programs.
+
+    Attributes
+    ----------
+    params_ : ndarray of shape (n_params,)
+        Fitted parameters.
+    param_names_ : tuple of str
+        Parameter names.
+    pcov_ : ndarray of shape (n_params, n_params)
+        Covariance of ``params_`` (after ``fit`` and after every
+        ``partial_fit``).
+    perr_ : ndarray of shape (n_params,)
+        ``sqrt(diag(pcov_))``.
+    cost_ : float
+        ``0.5 * sum(w * rho(r**2))`` at ``params_`` (``fit``).
+    n_iter_ : int
+        Accepted solver iterations of ``fit``; number of chunks seen by
+        ``partial_fit``.
+    nfev_ : int
+        Trial evaluations (each one pass over the data for ``fit``).
+    status_ : int
+        Termination status (scipy's least_squares codes).
+    message_ : str
+        Termination message.
+    n_points_ : int
+        Points with non-zero weight used by the last ``fit`` (or seen by
+        ``partial_fit``).
+    passes_ : int
+        Passes over the data made by the last ``fit``.
+    points_per_second_ : float
+        Throughput of those passes.
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    See Also
+    --------
+    sknlsq.CurveFitRegressor : The in-memory estimator.
+
+    Notes
+    -----
+    ``partial_fit`` keeps the Gauss-Newton information of past chunks as an
+    R factor and fits each new chunk against it with the trust-region
+    solver. With rows in random order a single pass lands close to the
+    optimum of all the data; with ordered rows (early chunks seeing only part
+    of the curve) it stays finite but can be far from it. ``fit`` gives the
+    exact answer.
+
+    ``sample_weight`` multiplies the squared residuals (scipy's
+    ``sigma = 1 / sqrt(sample_weight)``).
+
+    Examples
+    --------
+    >>> import numpy as np, jax.numpy as jnp
+    >>> from sknlsq import StreamingCurveFitRegressor
+    >>> def decay(x, a, b):
+    ...     return a * jnp.exp(-b * x)
+    >>> X = np.linspace(0, 3, 1000)[:, None]
+    >>> y = 2.0 * np.exp(-0.7 * X[:, 0])
+    >>> reg = StreamingCurveFitRegressor(decay, p0=[1.0, 1.0], chunk_size=128)
+    >>> np.round(reg.fit(X, y).params_, 6)
+    array([2. , 0.7])
+    >>> reg.passes_ > 1
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "model": [callable, None],
+        "p0": ["array-like", None],
+        "bounds": [tuple, list, "array-like"],
+        "method": [StrOptions({"lm", "trf", "dogbox"}), None],
+        "loss": [StrOptions({"linear", "soft_l1", "huber", "cauchy", "arctan"})],
+        "f_scale": [Interval(Real, 0, None, closed="neither")],
+        "x_scale": ["array-like", StrOptions({"jac"}), None],
+        "ftol": [Interval(Real, 0, None, closed="left")],
+        "xtol": [Interval(Real, 0, None, closed="left")],
+        "gtol": [Interval(Real, 0, None, closed="left")],
+        "max_nfev": [Interval(Integral, 1, None, closed="left"), None],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "nan_policy": [StrOptions({"raise", "omit"})],
+        "forgetting_factor": [Interval(Real, 0, 1, closed="right")],
+        "checkpoint": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+        "absolute_sigma": ["boolean"],
+        "pool": [MemoryPool, None],
+    }
+
+    def __init__(self, model=None, *, p0=None, bounds=(-np.inf, np.inf), method=None,
+                 loss="linear", f_scale=1.0, x_scale=None, ftol=1e-8, xtol=1e-8, gtol=1e-8,
+                 max_nfev=None, chunk_size=65536, nan_policy="raise", forgetting_factor=1.0,
+                 checkpoint=None, checkpoint_every=1, verbose=0, absolute_sigma=False,
+                 pool=None):
+        self.model = model
+        self.p0 = p0
+        self.bounds = bounds
+        self.method = method
+        self.loss = loss
+        self.f_scale = f_scale
+        self.x_scale = x_scale
+        self.ftol = ftol
+        self.xtol = xtol
+        self.gtol = gtol
+        self.max_nfev = max_nfev
+        self.chunk_size = chunk_size
+        self.nan_policy = nan_policy
+        self.forgetting_factor = forgetting_factor
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.verbose = verbose
+        self.absolute_sigma = absolute_sigma
+        self.pool = pool
+
+    # -- helpers ---------------------------------------------------------------
+    def _model_and_p0(self, n_features):
+        if self.model is not None:
+            return self.model, self.p0
+        p0 = np.zeros(n_features + 1) if self.p0 is None else self.p0
+        return linear_model, p0
+
+    def _param_names(self, names, n_features):
+        if self.model is None:
+            return ("intercept",) + tuple(f"coef_{j}" for j in range(n_features))
+        return tuple(names)
+
+    def _solver_settings(self, model, p0, n_features):
+        return _settings_check(model, p0, self.bounds, self.method, self.loss, self.f_scale,
+                               self.x_scale, self.ftol, self.xtol, self.gtol, self.max_nfev,
+                               0, n_features)
+
+    # -- fit ---------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, sample_weight=None):
+        """Exact fit over all the data, in passes over chunks.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), ChunkSource, h5py dataset or callable
+            The data: in-memory arrays or memory maps (with ``y``), a
+            :class:`ChunkSource` such as ``HDF5Source(path, X=..., y=...)``
+            (``y`` must then be None), or a callable returning a fresh
+            iterator of ``(X, y[, sample_weight])`` chunks per pass.
+        y : array-like of shape (n_samples,), default=None
+            Targets, when ``X`` is an array.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the squared residuals (arrays only).
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        if _is_source_like(X):
+            source = as_source(X, y, sample_weight)
+            n_samples = source.n_samples
+        else:
+            X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64,
+                                 ensure_all_finite=self.nan_policy == "raise")
+            if sample_weight is not None:
+                try:
+                    sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                         ensure_non_negative=True)
+                except ValueError as exc:
+                    raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
+            source = ArraySource(X, y, sample_weight)
+            n_samples = X.shape[0]
+        chunk_size = int(self.chunk_size)
+        if n_samples is not None:  # no chunk larger than the data needs
+            chunk_size = min(chunk_size, _bucket(max(int(n_samples), 1)))
+        nf = self._features_of(source)
+        model, p0 = self._model_and_p0(nf)
+        res = fit_chunked(model, source, p0=p0, bounds=self.bounds, method=self.method,
+                          loss=self.loss, f_scale=self.f_scale, x_scale=self.x_scale,
+                          ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
+                          max_nfev=self.max_nfev, absolute_sigma=self.absolute_sigma,
+                          chunk_size=chunk_size, nan_policy=self.nan_policy,
+                          checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every,
+                          verbose=self.verbose, pool=self.pool, stacklevel=3)
+        if not hasattr(self, "n_features_in_") or _is_source_like(X):
+            self.n_features_in_ = nf
+        self.params_ = res.params
+        self.param_names_ = self._param_names(res.param_names, nf)
+        self.pcov_ = res.pcov
+        self.perr_ = res.perr
+        self.cost_ = res.cost
+        self.n_iter_ = res.nit
+        self.nfev_ = res.nfev
+        self.status_ = res.status
+        self.message_ = res.message
+        self.n_points_ = res.n_points
+        self.passes_ = res.passes
+        self.points_per_second_ = res.points_per_second
+        # partial_fit may continue from here: the information at the optimum.
+        self._online = OnlineState(x=res.params.copy(), R=res.R, z=np.zeros(res.params.size),
+                                   rss_const=2.0 * res.cost, n_seen=float(res.n_points))
+        if not res.success:
+            warnings.warn(f"The fit did not converge: {res.message} Increase `max_nfev` or "
+                          "check `p0` and the model.", ConvergenceWarning, stacklevel=3)
+        return self
+
+    def _features_of(self, source):
+        if source.n_features is not None:
+            return int(source.n_features)
+        for chunk in source.chunks(max(int(self.chunk_size), 1)):
+            return chunk.X.reshape(chunk.n_rows, -1).shape[1]
+        raise ValueError("the data source is empty (`X`).")
+
+    # -- partial_fit -------------------------------------------------------------
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the fit with one chunk of data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The chunk's independent variables.
+        y : array-like of shape (n_samples,)
+            The chunk's targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the squared residuals.
+
+        Returns
+        -------
+        self : object
+            Updated estimator.
+        """
+        first_call = not hasattr(self, "_online") or not hasattr(self, "params_")
+        if first_call:
+            self._validate_params()
+        X, y = validate_data(self, X, y, reset=first_call, y_numeric=True, dtype=np.float64,
+                             ensure_all_finite=self.nan_policy == "raise")
+        w = np.ones(X.shape[0])
+        if sample_weight is not None:
+            try:
+                sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                          ensure_non_negative=True)
+            except ValueError as exc:
+                raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
+            w = np.sqrt(sw)
+        if self.nan_policy == "omit":
+            ok = np.isfinite(y) & np.all(np.isfinite(X), axis=1)
+            X, y, w = X[ok], y[ok], w[ok]
+            if X.shape[0] == 0:
+                return self
+        nf = X.shape[1]
+        model, p0 = self._model_and_p0(nf)
+        st = self._solver_settings(model, p0, nf)
+        state = getattr(self, "_online", None) if not first_call else None
+        max_nfev = st["opts"].max_nfev
+        new, status, nfev = online_update(model, state, _xdata(X), y, w, p0=st["p0"], st=st,
+                                          pool=self.pool, max_nfev=int(max_nfev),
+                                          lam=float(self.forgetting_factor), stacklevel=2)
+        self._online = new
+        n = st["n"]
+        self.params_ = new.x
+        self.param_names_ = self._param_names(st["names"], nf)
+        self.pcov_ = covariance_from_R(new.R, 0.5 * new.rss, new.n_seen, n, st["method"],
+                                       self.absolute_sigma)
+        self.perr_ = np.sqrt(np.diag(self.pcov_))
+        self.cost_ = 0.5 * new.rss
+        self.n_iter_ = (0 if first_call else getattr(self, "n_iter_", 0)) + 1
+        self.nfev_ = (0 if first_call else getattr(self, "nfev_", 0)) + nfev
+        self.status_ = status
+        self.message_ = ""
+        self.n_points_ = int(round(new.n_seen))
+        return self
+
+    def predict(self, X):
+        """Evaluate the fitted model at ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Independent variables.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Model values at the fitted parameters.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        model, _ = self._model_and_p0(X.shape[1])
+        return np.broadcast_to(evaluate_model(model, _xdata(X), self.params_),
+                               (X.shape[0],)).copy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.regressor_tags.poor_score = False
+        tags.input_tags.allow_nan = False
+        return tags
+

@@ -1,0 +1,682 @@
+"""Out-of-core and online fits over chunked data.
+
+Two modes, both exact where they claim to be:
+
+* :func:`fit_chunked` -- the exact multi-pass fit. The solvers of
+  ``_solvers`` run unchanged on a :class:`~._solvers.ChunkedProblem`: every
+  linearisation is one pass over the chunks accumulating the QR factor of
+  ``[J | f]`` (TSQR, float64), every trial point one cost pass. Chunks come
+  from a :class:`~._sources.ChunkSource` through a host callback inside the
+  compiled program (one program per chunk shape and settings, whatever the
+  data length), or, for data already in memory, from device arrays sliced
+  in the program (:func:`fit_in_chunks`). Memory depends on the chunk size
+  and the number of parameters, not on the number of points.
+
+  The solve runs in segments of ``checkpoint_every`` trial steps; after each
+  segment the solver state (a few n-vectors and n x n matrices) is written to
+  ``checkpoint`` atomically. Checkpoints are taken between iterations, so a
+  killed fit that restarts from one repeats at most the passes of one
+  segment and ends with the same result as an uninterrupted fit.
+
+* :class:`OnlineState` / :func:`online_update` -- the ``partial_fit`` mode.
+  The information of the chunks seen so far is kept as a quadratic
+  ``0.5 ||R (p - x) + z||^2`` (an R factor, i.e. the square root of the
+  Gauss-Newton information matrix). A new chunk is fitted by the ordinary
+  trust-region solver on its own residuals plus that quadratic; the result's
+  linearisation (chunk plus prior, QR-reduced) becomes the next quadratic.
+  An optional forgetting factor ``lam`` in (0, 1] scales the old information
+  by ``lam`` before each update.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from . import _model
+from ._config import compile_lowered, x64, x64_for_host_callbacks
+from ._fit import (DEFAULT_REFINE, EPS, FitResult, _check_common, _initialize_feasible,
+                   _make_problem, _plan, _prepare_bounds, _resolve_solver)
+from ._pool import resolve_pool
+from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance, finish,
+                       linearize, running, start)
+from ._sources import ChunkSource, check_chunk
+
+CHECKPOINT_VERSION = 1
+
+
+# --------------------------------------------------------------------------
+# Host side of a pass: the reader behind the io_callback
+# --------------------------------------------------------------------------
+
+_readers: dict = {}
+_readers_lock = threading.Lock()
+_tokens = itertools.count(1)
+
+
+def _dispatch(token, k):
+    reader = _readers.get(int(token))
+    if reader is None:  # pragma: no cover - a program outliving its fit
+        raise RuntimeError("no chunk reader registered for this fit")
+    return reader.read(int(k))
+
+
+class _Reader:
+    """Serves chunk ``k`` of the current pass to the compiled program.
+
+    Chunks are padded to ``chunk_size`` rows: ``x`` repeats a valid row, the
+    weights are zero. Passes are read sequentially (chunk 0 starts a new
+    one); any exception is kept in ``error`` for the caller to re-raise once
+    the compiled program has stopped.
+    """
+
+    def __init__(self, source, chunk_size, n_features, nan_policy, fill_x, progress=None):
+        self.source = source
+        self.cs = chunk_size
+        self.nf = n_features
+        self.nan_policy = nan_policy
+        self.fill_x = np.asarray(fill_x, dtype=float)
+        self.progress = progress
+        self.error = None
+        self.passes = 0
+        self.rows_seen = self.valid_rows = None  # of the last complete pass
+        self.pass_seconds = []
+        self._it = None
+        self._pending = None
+        self._next = 0
+        self._rows = self._valid = 0
+        self._t0 = 0.0
+
+    def close(self):
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def _fetch(self):
+        return next(self._it, None)
+
+    def read(self, k):
+        try:
+            return self._read(k)
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            self.close()
+            raise
+
+    def _read(self, k):
+        if k == 0 or k != self._next or self._it is None:
+            self.close()
+            self._it = self.source.chunks(self.cs, start_chunk=k)
+            self._pending = self._fetch()
+            if k == 0:
+                self._rows = self._valid = 0
+                self._t0 = time.perf_counter()
+        chunk = self._pending
+        if chunk is None:
+            raise ValueError("the data source yielded no data (an empty pass).")
+        self._pending = self._fetch()
+        more = self._pending is not None
+        self._next = k + 1
+        chunk = check_chunk(chunk, self.nf, self.nan_policy)
+        rows = chunk.n_rows
+        X = chunk.X.reshape(rows, -1)
+        w = np.ones(rows) if chunk.sample_weight is None else np.sqrt(chunk.sample_weight)
+        Xp = np.empty((self.cs, self.nf))
+        Xp[:rows] = X
+        Xp[rows:] = X[-1] if rows else self.fill_x
+        yp = np.zeros(self.cs)
+        yp[:rows] = chunk.y
+        wp = np.zeros(self.cs)
+        wp[:rows] = w
+        self._rows += rows
+        self._valid += int(np.count_nonzero(w))
+        if self.progress is not None:
+            self.progress.update(rows)
+        if not more:
+            self.close()
+            self.passes += 1
+            self.rows_seen, self.valid_rows = self._rows, self._valid
+            self.pass_seconds.append(time.perf_counter() - self._t0)
+            if self.progress is not None:
+                self.progress.set_postfix(passes=self.passes, refresh=False)
+        xd = Xp[:, 0].copy() if self.nf == 1 else np.ascontiguousarray(Xp.T)
+        return xd, yp, wp, np.bool_(more)
+
+
+def _xshape(cs, nf):
+    return (cs,) if nf == 1 else (nf, cs)
+
+
+def _callback_read(cs, nf):
+    shapes = (jax.ShapeDtypeStruct(_xshape(cs, nf), jnp.float64),
+              jax.ShapeDtypeStruct((cs,), jnp.float64),
+              jax.ShapeDtypeStruct((cs,), jnp.float64),
+              jax.ShapeDtypeStruct((), jnp.bool_))
+
+    def read(k, data):
+        x, y, w, more = io_callback(_dispatch, shapes, data["token"], k, ordered=True)
+        return {"x": x, "y": y, "w": w}, more
+
+    return read
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------
+
+
+def _write_checkpoint(path, leaves, meta):
+    """Write ``leaves`` and ``meta`` to ``path`` atomically (.npz, no pickle)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".sknlsq-ckpt-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
+            np.savez(fh, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read_checkpoint(path, expected, template):
+    """Leaves of the carry stored at ``path``, checked against ``expected``
+    (settings and data fingerprint) and the leaves of ``template``."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            leaves = [z[f"leaf_{i}"] for i in range(len(template))]
+    except Exception as exc:
+        raise ValueError(f"`checkpoint` file {os.fspath(path)!r} is corrupt or not an sknlsq "
+                         f"checkpoint ({type(exc).__name__}: {exc}); delete it to start the "
+                         "fit from the beginning.") from exc
+    if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"`checkpoint` file {os.fspath(path)!r} has an unknown format "
+                         f"version {meta.get('version') if isinstance(meta, dict) else None}.")
+    for key, want in expected.items():
+        if meta.get(key) != want:
+            raise ValueError(f"`checkpoint` file {os.fspath(path)!r} belongs to a different "
+                             f"fit: its {key!r} differs from this fit's ({meta.get(key)!r} vs "
+                             f"{want!r}). Delete it or use another path.")
+    for i, (a, t) in enumerate(zip(leaves, template)):
+        if a.shape != t.shape or a.dtype != t.dtype:
+            raise ValueError(f"`checkpoint` file {os.fspath(path)!r} is corrupt: entry {i} "
+                             f"has shape {a.shape} {a.dtype}, expected {t.shape} {t.dtype}.")
+    return leaves, meta
+
+
+# --------------------------------------------------------------------------
+# The exact chunked fit
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkedFitResult(FitResult):
+    """A :class:`~._fit.FitResult` plus what the passes measured."""
+
+    n_points: int = 0  # rows with non-zero weight in the last pass
+    passes: int = 0
+    points_per_second: float = float("nan")  # over the passes of this run
+    resumed: bool = False
+    R: np.ndarray | None = None  # R factor of the (loss-scaled) Jacobian at params
+
+
+def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xtol, gtol,
+                    max_nfev, refine, n_features):
+    f_scale = _check_common(model, method, loss, None, None, f_scale, refine)
+    if p0 is None:
+        names = _model.parameter_names(model, None)
+        n = len(names)
+    else:
+        p0 = np.atleast_1d(np.asarray(p0, dtype=float))
+        if p0.ndim != 1 or p0.size == 0 or not np.all(np.isfinite(p0)):
+            raise ValueError("`p0` must be a non-empty 1-D array of finite values.")
+        n = p0.size
+        names = _model.parameter_names(model, n)
+    lb, ub = _prepare_bounds(bounds, n)
+    if p0 is None:
+        p0 = _initialize_feasible(lb, ub)
+    if np.any((p0 < lb) | (p0 > ub)):
+        raise ValueError("`p0` is infeasible: it lies outside `bounds`.")
+    has_bounds = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    method, ftol, xtol, gtol, max_nfev = _resolve_solver(method, loss, has_bounds, ftol, xtol,
+                                                         gtol, max_nfev, n)
+    if x_scale is None or (isinstance(x_scale, str) and x_scale == "jac"):
+        use_jac_scale = x_scale is not None or method == "lm"
+        xs = np.ones(n)
+    else:
+        xs = np.broadcast_to(np.asarray(x_scale, dtype=float), (n,)).copy()
+        if not np.all(np.isfinite(xs) & (xs > 0)):
+            raise ValueError("`x_scale` must be 'jac' or positive numbers.")
+        use_jac_scale = False
+    opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol), np.int32(max_nfev),
+                   np.float64(f_scale), np.float64(10.0))
+    model_name = (f"{getattr(model, '__module__', '')}."
+                  f"{getattr(model, '__qualname__', type(model).__name__)}")
+    return dict(model_name=model_name, p0=p0, n=n, names=names, lb=lb, ub=ub, has_bounds=has_bounds, method=method,
+                use_jac_scale=use_jac_scale, xs=xs, opts=opts, loss=loss)
+
+
+def _check_chunk_size(chunk_size):
+    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+            or chunk_size < 1):
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    return int(chunk_size)
+
+
+def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None,
+                loss="linear", f_scale=1.0, x_scale=None, ftol=1e-8, xtol=1e-8, gtol=None,
+                max_nfev=None, absolute_sigma=False, chunk_size=65536, nan_policy="raise",
+                checkpoint=None, checkpoint_every=1, verbose=0, refine=DEFAULT_REFINE,
+                pool=None, stacklevel=2) -> ChunkedFitResult:
+    """Exact least-squares fit of ``model(x, *params)`` over a chunked source.
+
+    ``source`` is a :class:`~._sources.ChunkSource` (or anything
+    :func:`~._sources.as_source` accepts with ``y`` inside it). ``x`` is the
+    chunk's ``X[:, 0]`` for one feature, ``X.T`` otherwise; the model must be
+    point-wise (row ``i`` of the output depends on row ``i`` of ``X`` only).
+    """
+    if not isinstance(source, ChunkSource):
+        raise TypeError(f"`source` must be a ChunkSource, got {type(source).__name__}.")
+    cs = _check_chunk_size(chunk_size)
+    if nan_policy not in ("raise", "omit"):
+        raise ValueError(f"`nan_policy` must be 'raise' or 'omit', got {nan_policy!r}.")
+    if (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer))
+            or checkpoint_every < 1):
+        raise ValueError(f"`checkpoint_every` must be a positive integer, got "
+                         f"{checkpoint_every!r}.")
+    pool = resolve_pool(pool)
+
+    # The first chunk: number of features, a valid row for padding, the plan.
+    first = None
+    for chunk in source.chunks(cs):
+        first = check_chunk(chunk, source.n_features, nan_policy)
+        if first.n_rows:
+            break
+    if first is None or first.n_rows == 0:
+        raise ValueError("the data source is empty (no valid rows in `X`, `y`).")
+    nf = first.X.reshape(first.n_rows, -1).shape[1]
+    st = _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xtol, gtol,
+                         max_nfev, refine, nf)
+    n = st["n"]
+    if source.n_samples not in (None, 1) and n > source.n_samples:  # scipy's rule
+        raise TypeError(f"The number of func parameters={n} must not exceed the number of "
+                        f"data points={source.n_samples}")
+    fill_x = first.X.reshape(first.n_rows, -1)[0]
+    xsample = np.repeat(fill_x[None, :], cs, axis=0)
+    xsample = xsample[:, 0] if nf == 1 else np.ascontiguousarray(xsample.T)
+
+    progress = None
+    if verbose:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=None, unit="pt", unit_scale=True, desc="sknlsq passes",
+                        leave=verbose > 1 or None)
+    reader = _Reader(source, cs, nf, nan_policy, fill_x, progress)
+    token = next(_tokens)
+    steps = int(checkpoint_every) if checkpoint is not None else None
+    try:
+        with x64():
+            plan, _ = _plan(model, xsample, True, n, cs, cs, (cs,), (cs,), None, "2-point",
+                            None, False, st["p0"], st["lb"], st["ub"], -1, stacklevel + 1)
+            m_hint = source.n_samples if source.n_samples is not None else cs
+            data = {"token": np.int64(token), "m": np.float64(m_hint)}
+            key = ("chunked-host", cs, nf)
+            progs = _chunked_programs(pool, plan, st, int(refine), key,
+                                      partial(_callback_read_cached, cs, nf), data, steps)
+            with _readers_lock:
+                _readers[token] = reader
+            with x64_for_host_callbacks(True):
+                out = _run_segments(progs, st, data, reader, checkpoint, source, cs,
+                                    nan_policy, int(refine))
+    except Exception as exc:
+        err = reader.error
+        if err is not None and err is not exc:
+            raise err from err.__cause__  # keep its cause, drop XLA's wrapping
+        host_exc = _model.pop_host_error()
+        if host_exc is not None:
+            raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
+                             f"{host_exc}") from host_exc
+        raise
+    finally:
+        with _readers_lock:
+            _readers.pop(token, None)
+        reader.close()
+        if progress is not None:
+            progress.close()
+    host_exc = _model.pop_host_error()
+    if host_exc is not None:
+        raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
+                         f"{host_exc}") from host_exc
+    sol, resumed = out
+    m_valid = reader.valid_rows if reader.valid_rows is not None else int(sol["m"])
+    points = (reader.rows_seen or 0) * len(reader.pass_seconds)
+    pps = points / sum(reader.pass_seconds) if reader.pass_seconds else float("nan")
+    return _result(sol, st, m_valid, absolute_sigma, passes=reader.passes,
+                   points_per_second=pps, resumed=resumed)
+
+
+_read_cache: dict = {}
+
+
+def _callback_read_cached(cs, nf):
+    key = (cs, nf)
+    if key not in _read_cache:
+        _read_cache[key] = _callback_read(cs, nf)
+    return _read_cache[key]
+
+
+def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, pool=None,
+                  refine=DEFAULT_REFINE, absolute_sigma=False, m_dof=None, **settings):
+    """Exact fit of in-memory data without ever forming the full Jacobian.
+
+    The program slices chunks of ``chunk_size`` rows out of the flat arrays
+    (the last chunk overlaps the one before it, and its already-counted
+    rows get zero weight), so no padded copy of the data is made. ``xdata``
+    follows scipy's convention (1-D, or (k, M)); ``weights`` are the residual
+    weights (``1 / sigma``), or None for ones.
+    """
+    cs = _check_chunk_size(chunk_size)
+    pool = resolve_pool(pool)
+    y = np.asarray(ydata, dtype=float).reshape(-1)
+    M = y.size
+    x = np.asarray(xdata, dtype=float)
+    nf = 1 if x.ndim == 1 else x.shape[0]
+    cs = min(cs, M)
+    st = _settings_check(model, settings.pop("p0", None), settings.pop("bounds",
+                         (-np.inf, np.inf)), settings.pop("method", None),
+                         settings.pop("loss", "linear"), settings.pop("f_scale", 1.0),
+                         settings.pop("x_scale", None), settings.pop("ftol", 1e-8),
+                         settings.pop("xtol", 1e-8), settings.pop("gtol", None),
+                         settings.pop("max_nfev", None), refine, nf)
+    if settings:
+        raise TypeError(f"unexpected settings {sorted(settings)}")
+    w = np.ones(()) if weights is None else np.asarray(weights, dtype=float)
+    with x64():
+        plan, _ = _plan(model, x[..., :cs], True, st["n"], cs, cs, (cs,), (cs,), None,
+                        "2-point", None, False, st["p0"], st["lb"], st["ub"], -1,
+                        stacklevel + 1)
+        # One device copy for all the passes (each call would convert again).
+        data = {"x": jax.device_put(x), "y": jax.device_put(y), "w": jax.device_put(w),
+                "m": np.float64(M)}
+        progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs),
+                                  partial(_device_reader, cs), data, None)
+        _model.reset_host_error()
+        with x64_for_host_callbacks(plan.uses_host):
+            sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
+    host_exc = _model.pop_host_error()
+    if host_exc is not None:
+        raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
+                         f"{host_exc}") from host_exc
+    if m_dof is None:
+        m_dof = M if weights is None else int(np.count_nonzero(w))
+    return _result(sol, st, m_dof, absolute_sigma, passes=0, points_per_second=float("nan"),
+                   resumed=False)
+
+
+def _device_reader(cs):
+    def read(k, data):
+        M = data["y"].shape[0]
+        first = k * cs
+        start = jnp.minimum(first, M - cs)
+        take = partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=cs,
+                       axis=-1)
+        fresh = start + jnp.arange(cs) >= first  # rows not counted by the chunk before
+        w = data["w"]
+        w = take(w) if w.ndim else jnp.broadcast_to(w, (cs,))
+        chunk = {"x": take(data["x"]), "y": take(data["y"]), "w": jnp.where(fresh, w, 0.0)}
+        return chunk, first + cs < M
+
+    return read
+
+
+def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps):
+    """Compiled (start, segment) programs of a chunked fit."""
+    kw = dict(method=st["method"], has_bounds=st["has_bounds"],
+              use_jac_scale=st["use_jac_scale"])
+    base = ("chunked", key, plan.key, plan.out_shape if plan.mode == "host" else None,
+            st["loss"], st["method"], st["has_bounds"], st["use_jac_scale"], refine, st["n"],
+            tuple((k, np.shape(v)) for k, v in sorted(data.items())))
+
+    def problem():
+        p = _make_problem(plan, "diag", st["loss"], True)
+        return ChunkedProblem(p.fun, p.fun_jac, make_read(), st["loss"])
+
+    args = (st["p0"], data, st["lb"], st["ub"], st["xs"], st["opts"])
+
+    def build_start():
+        f = partial(start, problem(), refine=refine, **kw)
+        return compile_lowered(jax.jit(f).lower(*args))
+
+    start_prog = pool.program(base + ("start",), build_start)
+
+    def build_segment():
+        pr = problem()
+        method = st["method"]
+
+        def segment(carry, data, lb, ub, opts):
+            carry = advance(carry, pr, data, lb, ub, opts, steps, **kw)
+            sol = finish(carry, lb, ub, opts, method=method)
+            return carry, running(carry, opts), _pack_small(sol)
+
+        carry = jax.eval_shape(partial(start, pr, refine=refine, **kw), *args)
+        return compile_lowered(jax.jit(segment).lower(carry, data, st["lb"], st["ub"],
+                                                      st["opts"]))
+
+    seg_prog = pool.program(base + ("segment", steps), build_segment)
+
+    def template():
+        """Shapes of the solver state (for reading a checkpoint back)."""
+        return jax.eval_shape(partial(start, problem(), refine=refine, **kw), *args)
+
+    return start_prog, seg_prog, args, template
+
+
+def _pack_small(sol):
+    head = jnp.stack([sol.cost, sol.nfev, sol.njev, sol.nit, sol.status]).astype(jnp.float64)
+    return jnp.concatenate([head, sol.x, sol.active_mask.astype(jnp.float64),
+                            sol.R.reshape(-1)])
+
+
+def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, refine):
+    start_prog, seg_prog, args, template_of = progs
+    expected = None
+    resumed = False
+    carry = None
+    if checkpoint is not None:
+        expected = dict(version=CHECKPOINT_VERSION, source=source.fingerprint(),
+                        settings=_settings_fingerprint(st, cs, nan_policy, refine),
+                        model=st["model_name"])
+        if os.path.exists(os.fspath(checkpoint)):
+            info = template_of()
+            template = jax.tree_util.tree_leaves(info)
+            leaves, meta = _read_checkpoint(checkpoint, expected, template)
+            carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(info),
+                                                 [jnp.asarray(a) for a in leaves])
+            resumed = True
+            if reader is not None and meta.get("valid_rows") is not None:
+                reader.valid_rows = meta["valid_rows"]
+                reader.rows_seen = meta["rows_seen"]
+    if carry is None:
+        carry = start_prog(*args)
+    if reader is not None and reader.valid_rows is not None:
+        # The exact number of residuals, known once a pass is complete.
+        data = dict(data, m=np.float64(reader.valid_rows))
+    _, _, lb, ub, _, opts = args
+    while True:
+        carry, go, packed = seg_prog(carry, data, lb, ub, opts)
+        go = bool(go)
+        if checkpoint is not None:
+            leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(carry)]
+            counts = np.asarray(packed[:5])
+            meta = dict(expected, done=not go, nfev=int(counts[1]), nit=int(counts[3]),
+                        valid_rows=None if reader is None else reader.valid_rows,
+                        rows_seen=None if reader is None else reader.rows_seen)
+            _write_checkpoint(checkpoint, leaves, meta)
+        if not go:
+            break
+    return _unpack_small(np.asarray(packed), st["n"], data["m"]), resumed
+
+
+def _settings_fingerprint(st, cs, nan_policy, refine):
+    o = st["opts"]
+    return dict(method=st["method"], loss=st["loss"], n=st["n"], chunk_size=cs,
+                nan_policy=nan_policy, refine=refine, has_bounds=st["has_bounds"],
+                use_jac_scale=st["use_jac_scale"],
+                p0=[float(v) for v in st["p0"]], lb=[float(v) for v in st["lb"]],
+                ub=[float(v) for v in st["ub"]], x_scale=[float(v) for v in st["xs"]],
+                ftol=float(o.ftol), xtol=float(o.xtol), gtol=float(o.gtol),
+                max_nfev=int(o.max_nfev), f_scale=float(o.f_scale))
+
+
+def _unpack_small(v, n, m):
+    cost, nfev, njev, nit, status = v[:5]
+    return dict(cost=float(cost), counts=(int(nfev), int(njev), int(nit), int(status)),
+                x=v[5:5 + n], active=v[5 + n:5 + 2 * n].astype(int),
+                R=v[5 + 2 * n:5 + 2 * n + n * n].reshape(n, n), m=float(m))
+
+
+def _result(sol, st, m_dof, absolute_sigma, **extra):
+    nfev, njev, nit, status = sol["counts"]
+    if status == NONFINITE_X0:
+        raise ValueError("Residuals are not finite in the initial point `p0`: the model or "
+                         "the weights give inf or NaN there.")
+    n = st["n"]
+    pcov = covariance_from_R(sol["R"], sol["cost"], m_dof, n, st["method"], absolute_sigma)
+    return ChunkedFitResult(params=np.asarray(sol["x"], dtype=float), pcov=pcov,
+                            cost=sol["cost"], fun=np.empty(0), nfev=nfev, njev=njev, nit=nit,
+                            status=status, message=MESSAGES[status], success=status > 0,
+                            method=st["method"], param_names=tuple(st["names"]),
+                            active_mask=np.asarray(sol["active"]),
+                            cov_estimated=bool(np.all(np.isfinite(pcov))), n_points=m_dof,
+                            R=np.asarray(sol["R"], dtype=float), **extra)
+
+
+def covariance_from_R(R, cost, m, n, method, absolute_sigma):
+    """scipy's covariance from the R factor of the Jacobian (pseudo-inverse
+    of ``R^T R`` by SVD, scaled by the reduced chi-square)."""
+    R = np.asarray(R, dtype=float)
+    if not np.all(np.isfinite(R)):
+        return np.full((n, n), np.inf)
+    _, s, VT = np.linalg.svd(R)
+    keep = s > EPS * max(m, n) * (s[0] if s.size else 0.0)
+    if method == "lm" and not keep.all():
+        return np.full((n, n), np.inf)
+    pcov = (VT[keep].T / s[keep] ** 2) @ VT[keep]
+    if not absolute_sigma:
+        if m <= n:
+            return np.full((n, n), np.inf)
+        pcov = pcov * (2.0 * cost / (m - n))
+    return pcov
+
+
+# --------------------------------------------------------------------------
+# Online updates (partial_fit)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineState:
+    """Information of the data seen so far, as ``0.5 ||R (p - x) + z||^2 + c``."""
+
+    x: np.ndarray
+    R: np.ndarray
+    z: np.ndarray
+    rss_const: float  # twice the constant c: residual sum of squares not in z
+    n_seen: float  # (forgetting-weighted) number of valid points seen
+    n_chunks: int = 0
+
+    @property
+    def rss(self):
+        """Residual sum of squares of the quadratic at its centre."""
+        return self.rss_const + float(self.z @ self.z)
+
+
+def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool,
+                  max_nfev, lam=1.0, refine=0, stacklevel=2):
+    """Fit one chunk against the accumulated information; returns the new
+    :class:`OnlineState` and the solver status of this update."""
+    from ._fit import _bucket
+
+    pool = resolve_pool(pool)
+    n = st["n"]
+    M = y.size
+    m_pad = _bucket(M)
+    x = np.asarray(xdata, dtype=float)
+    X = x.reshape(-1, 1) if x.ndim == 1 else x.T
+    nf = X.shape[1]
+    pad = m_pad - M
+    Xp = np.concatenate([X, np.repeat(X[-1:], pad, axis=0)])
+    xp = Xp[:, 0] if nf == 1 else np.ascontiguousarray(Xp.T)
+    yp = np.concatenate([y, np.zeros(pad)])
+    wp = np.concatenate([w, np.zeros(pad)])
+    if state is None:
+        x0 = np.asarray(p0, dtype=float)
+        Rp, zp, c0, n0 = np.zeros((n, n)), np.zeros(n), 0.0, 0.0
+    else:
+        x0 = state.x
+        s = np.sqrt(lam)
+        Rp, zp, c0, n0 = s * state.R, s * state.z, lam * state.rss_const, lam * state.n_seen
+    opts = st["opts"]._replace(max_nfev=np.int32(max_nfev))
+    kw = dict(method=st["method"], has_bounds=st["has_bounds"],
+              use_jac_scale=st["use_jac_scale"])
+    with x64():
+        plan, _ = _plan(model, xp, True, n, m_pad, m_pad, (m_pad,), (m_pad,), None, "2-point",
+                        None, False, x0, st["lb"], st["ub"], -1, stacklevel + 1)
+        data = {"x": xp, "y": yp, "w": wp, "prior": (Rp, zp, x0)}
+        args = (x0, data, st["lb"], st["ub"], st["xs"], opts)
+        key = ("online", plan.key, plan.out_shape if plan.mode == "host" else None,
+               st["loss"], st["method"], st["has_bounds"], st["use_jac_scale"], refine, n,
+               np.shape(xp))
+
+        def build():
+            p = _make_problem(plan, "diag", st["loss"], True)._replace(prior=True)
+
+            def run(x0, data, lb, ub, xs, opts):
+                carry = start(p, x0, data, lb, ub, xs, opts, refine=refine, **kw)
+                carry = advance(carry, p, data, lb, ub, opts, **kw)
+                sol = finish(carry, lb, ub, opts, method=kw["method"])
+                # The information after this chunk: the QR-reduced linearisation
+                # of chunk plus prior at the new point, without robust-loss
+                # rescaling of the prior rows (linearize keeps them linear).
+                lin = linearize(p, sol.x, data, opts.f_scale)
+                return sol.x, lin.R, lin.qtf, lin.cost, sol.status, sol.nfev
+
+            return compile_lowered(jax.jit(run).lower(*args))
+
+        prog = pool.program(key, build)
+        _model.reset_host_error()
+        with x64_for_host_callbacks(plan.uses_host):
+            xn, R, qtf, cost, status, nfev = (np.asarray(a) for a in prog(*args))
+    host_exc = _model.pop_host_error()
+    if host_exc is not None:
+        raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
+                         f"{host_exc}") from host_exc
+    if int(status) == NONFINITE_X0:
+        raise ValueError("Residuals are not finite at the current parameters for this "
+                         "chunk: the model or the weights give inf or NaN there.")
+    # 2 * cost = ||f||^2 over chunk and prior = ||qtf||^2 + (what R cannot explain).
+    rss_total = 2.0 * float(cost) + c0
+    rss_const = max(rss_total - float(qtf @ qtf), 0.0)
+    new = OnlineState(x=xn, R=R, z=qtf, rss_const=rss_const,
+                      n_seen=n0 + float(np.count_nonzero(w)),
+                      n_chunks=0 if state is None else state.n_chunks + 1)
+    return new, int(status), int(nfev)

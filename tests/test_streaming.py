@@ -1,0 +1,430 @@
+"""StreamingCurveFitRegressor and the chunked engine behind it.
+
+References: the in-memory CurveFitRegressor / curve_fit fit of the same data
+(itself checked against scipy), the NIST StRD certified values, and
+analytical identities (information-form updates of a linear model equal the
+batch least-squares solution).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nist_strd import MODELS, NAMES, digits, load
+from sknlsq import (ArraySource, CurveFitRegressor, HDF5Source, IterableSource,
+                    StreamingCurveFitRegressor, curve_fit)
+from sknlsq._stream import fit_chunked, fit_in_chunks
+
+
+def gauss(x, a, mu, s, c):
+    return a * jnp.exp(-0.5 * ((x - mu) / s) ** 2) + c
+
+
+def plane_decay(x, a, b, c):
+    return a * jnp.exp(-b * x[0]) + c * x[1]
+
+
+P0 = [1.0, 4.0, 2.0, 0.0]
+
+
+@functools.lru_cache(maxsize=None)
+def _data(m=20_011, seed=0, sort=False):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 10, m)
+    if sort:
+        x = np.sort(x)
+    y = 3 * np.exp(-0.5 * ((x - 5) / 1.2) ** 2) + 0.5 + 0.05 * rng.normal(size=m)
+    return x[:, None], y
+
+
+def _rel(a, b):
+    return np.max(np.abs(np.asarray(a) - np.asarray(b)) / np.abs(np.asarray(b)))
+
+
+# --------------------------------------------------------------------------
+# The exact fit equals the in-memory fit
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(method="trf"),
+    dict(method="dogbox", bounds=([0, 0, 0.1, -5], [10, 10, 5, 5])),
+    dict(method="trf", loss="soft_l1", f_scale=0.1),
+], ids=["lm", "trf", "dogbox-bounds", "trf-soft_l1"])
+def test_fit_matches_in_memory_fit(settings):
+    X, y = _data()
+    kw = dict(p0=P0, ftol=1e-12, xtol=1e-12, gtol=1e-12, **settings)
+    ref = CurveFitRegressor(gauss, **kw).fit(X, y)
+    est = StreamingCurveFitRegressor(gauss, chunk_size=1000, **kw).fit(X, y)
+    assert _rel(est.params_, ref.params_) < 1e-8
+    assert _rel(np.sqrt(np.diag(est.pcov_)), ref.perr_) < 1e-6
+    assert est.n_points_ == X.shape[0]
+    assert est.passes_ >= est.nfev_
+    assert est.points_per_second_ > 0
+    assert np.allclose(est.predict(X[:5]), ref.predict(X[:5]), rtol=1e-8)
+
+
+def test_fit_matches_with_weights_and_two_features():
+    rng = np.random.default_rng(3)
+    m = 5003
+    X = np.column_stack([rng.uniform(0, 4, m), rng.uniform(-1, 1, m)])
+    y = 2 * np.exp(-0.8 * X[:, 0]) + 0.3 * X[:, 1] + 0.02 * rng.normal(size=m)
+    w = rng.uniform(0.5, 2.0, m)
+    kw = dict(p0=[1.0, 1.0, 0.0], ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    ref = CurveFitRegressor(plane_decay, **kw).fit(X, y, sample_weight=w)
+    est = StreamingCurveFitRegressor(plane_decay, chunk_size=333, **kw).fit(
+        X, y, sample_weight=w)
+    assert _rel(est.params_, ref.params_) < 1e-8
+    assert _rel(est.perr_, ref.perr_) < 1e-6
+
+
+def test_chunked_in_memory_engine_matches_curve_fit():
+    X, y = _data()
+    popt, pcov = curve_fit(gauss, X[:, 0], y, p0=P0, ftol=1e-12, xtol=1e-12)
+    res = fit_in_chunks(gauss, X[:, 0], y, np.ones(y.size), chunk_size=512, p0=P0,
+                        ftol=1e-12, xtol=1e-12)
+    assert _rel(res.params, popt) < 1e-8
+    assert _rel(res.pcov, pcov) < 1e-6
+
+
+@pytest.mark.parametrize("start", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_nist_with_seven_row_chunks(name, start):
+    """Every NIST StRD run through chunks of 7 rows reaches the accuracy of
+    the in-memory fit (>= 6 certified digits at default settings)."""
+    problem = load(name)
+    X = problem.x.T if problem.x.ndim == 2 else problem.x[:, None]
+    res = fit_chunked(MODELS[name], ArraySource(X, problem.y), p0=problem.start(start),
+                      chunk_size=7)
+    in_memory = curve_fit(MODELS[name], problem.x, problem.y, p0=problem.start(start))[0]
+    d = digits(res.params, problem.certified)
+    assert d >= min(6.0, digits(in_memory, problem.certified)), (name, start, d)
+
+
+# --------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------
+
+
+def test_hdf5_source_and_iterable_source_give_the_same_fit(tmp_path):
+    X, y = _data()
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = X[:, 0]
+        f["y"] = y
+    kw = dict(p0=P0, ftol=1e-12, xtol=1e-12, chunk_size=4096)
+    ref = StreamingCurveFitRegressor(gauss, **kw).fit(X, y)
+    h5 = StreamingCurveFitRegressor(gauss, **kw).fit(HDF5Source(path, X=["x"], y="y"))
+
+    def chunks():
+        for i in range(0, y.size, 2500):
+            yield X[i:i + 2500], y[i:i + 2500]
+
+    it = StreamingCurveFitRegressor(gauss, **kw).fit(IterableSource(chunks))
+    assert _rel(h5.params_, ref.params_) < 1e-12
+    assert _rel(it.params_, ref.params_) < 1e-12
+    assert h5.n_features_in_ == it.n_features_in_ == 1
+    assert it.n_points_ == y.size
+
+
+def test_memmap_source(tmp_path):
+    X, y = _data()
+    mx = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", shape=X.shape)
+    my = np.lib.format.open_memmap(tmp_path / "y.npy", mode="w+", shape=y.shape)
+    mx[:], my[:] = X, y
+    mx.flush(), my.flush()
+    mx = np.load(tmp_path / "x.npy", mmap_mode="r")
+    my = np.load(tmp_path / "y.npy", mmap_mode="r")
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=3000).fit(ArraySource(mx, my))
+    ref = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=3000).fit(X, y)
+    assert np.array_equal(est.params_, ref.params_)
+
+
+def test_nan_rows_raise_with_chunk_index_or_are_omitted():
+    X, y = _data()
+    y = y.copy()
+    y[2500] = np.nan
+    with pytest.raises(ValueError, match="chunk 2"):
+        fit_chunked(gauss, ArraySource(X, y), p0=P0, chunk_size=1000)
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=1000, nan_policy="omit")
+    est.fit(ArraySource(X, y))
+    keep = np.isfinite(y)
+    ref = CurveFitRegressor(gauss, p0=P0).fit(X[keep], y[keep])
+    assert est.n_points_ == keep.sum()
+    assert _rel(est.params_, ref.params_) < 1e-7
+
+
+def test_source_raising_mid_pass_is_reported():
+    X, y = _data()
+    calls = {"n": 0}
+
+    def chunks():
+        for i in range(0, y.size, 2000):
+            calls["n"] += 1
+            if calls["n"] == 17:  # second pass, chunk 6
+                raise OSError("disk went away")
+            yield X[i:i + 2000], y[i:i + 2000]
+
+    with pytest.raises(RuntimeError, match="user chunk") as info:
+        StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=2000).fit(IterableSource(chunks))
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_wrong_number_of_features_in_a_chunk():
+    X, y = _data()
+
+    def chunks():
+        yield X[:100], y[:100]
+        yield np.column_stack([X[100:200], X[100:200]]), y[100:200]
+
+    with pytest.raises(ValueError, match="chunk 1"):
+        StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=100).fit(IterableSource(chunks))
+
+
+def test_missing_file_and_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(HDF5Source(tmp_path / "nope.h5", X="x",
+                                                                y="y"))
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(10.0)
+        f["y"] = np.arange(9.0)
+    with pytest.raises(KeyError, match="'z'"):
+        HDF5Source(path, X="z", y="y")
+    with pytest.raises(ValueError, match="length"):
+        HDF5Source(path, X="x", y="y")
+
+
+def test_bad_settings_are_named():
+    X, y = _data()
+    with pytest.raises(ValueError, match="chunk_size"):
+        StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=0).fit(X, y)
+    with pytest.raises(ValueError, match="p0"):
+        fit_chunked(gauss, ArraySource(X, y), p0=[np.nan, 1, 1, 1])
+    with pytest.raises(TypeError, match="source"):
+        fit_chunked(gauss, (X, y), p0=P0)
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------
+
+
+def test_checkpointed_fit_equals_plain_fit_and_settings_must_match(tmp_path):
+    X, y = _data()
+    kw = dict(p0=P0, chunk_size=2000, ftol=1e-12, xtol=1e-12)
+    ref = StreamingCurveFitRegressor(gauss, **kw).fit(X, y)
+    ck = tmp_path / "fit.npz"
+    done = StreamingCurveFitRegressor(gauss, checkpoint=ck, checkpoint_every=2, **kw).fit(X, y)
+    assert np.array_equal(done.params_, ref.params_)
+    # A finished checkpoint gives the result back without another pass.
+    again = StreamingCurveFitRegressor(gauss, checkpoint=ck, checkpoint_every=2, **kw).fit(X, y)
+    assert again.passes_ == 0
+    assert np.array_equal(again.params_, ref.params_)
+    # Other settings: refused, never silently ignored.
+    with pytest.raises(ValueError, match="different fit.*settings"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, max_nfev=4, **kw).fit(X, y)
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    X, y = _data()
+    ck = tmp_path / "fit.npz"
+    ck.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        StreamingCurveFitRegressor(gauss, p0=P0, checkpoint=ck, chunk_size=2000).fit(X, y)
+    ck.unlink()
+    StreamingCurveFitRegressor(gauss, p0=P0, checkpoint=ck, chunk_size=2000).fit(X, y)
+    X2, y2 = _data(seed=1)
+    with pytest.raises(ValueError, match="different fit.*source"):
+        StreamingCurveFitRegressor(gauss, p0=P0, checkpoint=ck, chunk_size=2000).fit(X2, y2)
+    assert not list(tmp_path.glob(".sknlsq-ckpt-*"))  # no temporary files left
+
+
+# --------------------------------------------------------------------------
+# partial_fit
+# --------------------------------------------------------------------------
+
+
+def test_partial_fit_of_a_linear_model_equals_batch_least_squares():
+    """For a model linear in its parameters the information form is exact:
+    one pass of partial_fit gives the batch solution and covariance."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, (3000, 2))
+    y = 1.5 + 0.7 * X[:, 0] - 2.0 * X[:, 1] + 0.1 * rng.normal(size=3000)
+    est = StreamingCurveFitRegressor()
+    for i in range(0, 3000, 250):
+        est.partial_fit(X[i:i + 250], y[i:i + 250])
+    ref = CurveFitRegressor().fit(X, y)
+    assert _rel(est.params_, ref.params_) < 1e-9
+    assert _rel(est.perr_, ref.perr_) < 1e-6
+    assert est.n_iter_ == 12 and est.n_points_ == 3000
+
+
+def test_partial_fit_one_pass_lands_near_the_optimum():
+    X, y = _data(m=40_000, seed=2)
+    est = StreamingCurveFitRegressor(gauss, p0=P0)
+    for i in range(0, y.size, 2000):
+        est.partial_fit(X[i:i + 2000], y[i:i + 2000])
+        assert np.all(np.isfinite(est.pcov_))
+    ref = CurveFitRegressor(gauss, p0=P0).fit(X, y)
+    assert _rel(est.params_, ref.params_) < 1e-3
+    assert _rel(est.perr_, ref.perr_) < 0.05
+
+
+def test_partial_fit_on_sorted_rows_stays_finite_and_no_worse_than_p0():
+    X, y = _data(m=40_000, seed=2, sort=True)
+    est = StreamingCurveFitRegressor(gauss, p0=P0)
+    for i in range(0, y.size, 2000):
+        est.partial_fit(X[i:i + 2000], y[i:i + 2000])
+        assert np.all(np.isfinite(est.params_))
+
+    def cost(p):
+        return np.sum((np.asarray(gauss(X[:, 0], *p)) - y) ** 2)
+
+    assert cost(est.params_) <= cost(P0)
+
+
+def test_partial_fit_checks_features_and_continues_after_fit():
+    X, y = _data()
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=5000).fit(X, y)
+    before = est.params_.copy()
+    est.partial_fit(X[:1000], y[:1000])
+    assert _rel(est.params_, before) < 1e-3
+    with pytest.raises(ValueError, match="features"):
+        est.partial_fit(np.column_stack([X[:10], X[:10]]), y[:10])
+
+
+KILL_MODULE = '''
+import os, time
+import jax.numpy as jnp
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def gauss(x, a, mu, s, c):
+    return a * jnp.exp(-0.5 * ((x - mu) / s) ** 2) + c
+
+
+def chunks():
+    data = np.load(os.path.join(HERE, "data.npz"))
+    X, y = data["X"], data["y"]
+    slow = float(os.environ.get("SKNLSQ_TEST_SLOW", "0"))
+    for i in range(0, y.size, 1000):
+        if slow:
+            time.sleep(slow)
+        yield X[i:i + 1000], y[i:i + 1000]
+'''
+
+KILL_CHILD = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+import kmodel
+from sknlsq import IterableSource, StreamingCurveFitRegressor
+StreamingCurveFitRegressor(kmodel.gauss, p0=[1.0, 4.0, 2.0, 0.0], chunk_size=1000,
+                           checkpoint=sys.argv[2], checkpoint_every=1,
+                           ftol=1e-12, xtol=1e-12).fit(IterableSource(kmodel.chunks))
+print("finished")
+'''
+
+
+def test_fit_killed_with_sigkill_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    X, y = _data()
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    (tmp_path / "kmodel.py").write_text(KILL_MODULE)
+    ck = tmp_path / "fit.npz"
+    env = dict(os.environ, SKNLSQ_TEST_SLOW="0.01", JAX_PLATFORMS="cpu")
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(tmp_path), str(ck)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        steps = 0
+        while time.monotonic() < deadline and child.poll() is None:
+            if ck.exists():
+                with np.load(ck) as z:
+                    steps = int(json.loads(str(z["meta"][()]))["nfev"])
+                if steps >= 2:
+                    break
+            time.sleep(0.05)
+        assert child.poll() is None, child.communicate()
+        assert steps >= 2
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    with np.load(ck) as z:
+        assert not json.loads(str(z["meta"][()]))["done"]
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import kmodel
+
+    kw = dict(p0=P0, chunk_size=1000, ftol=1e-12, xtol=1e-12)
+    resumed = StreamingCurveFitRegressor(kmodel.gauss, checkpoint=ck, checkpoint_every=1,
+                                         **kw).fit(IterableSource(kmodel.chunks))
+    straight = StreamingCurveFitRegressor(kmodel.gauss, **kw).fit(IterableSource(kmodel.chunks))
+    assert resumed.nfev_ == straight.nfev_
+    np.testing.assert_allclose(resumed.params_, straight.params_, rtol=1e-13)
+    np.testing.assert_allclose(resumed.pcov_, straight.pcov_, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------
+# In-memory fits too large for a full Jacobian
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(bounds=([0, 0, 0.1, -5], [10, 10, 5, 5])),
+    dict(sigma="per-point", absolute_sigma=True),
+], ids=["lm", "trf-bounds", "sigma"])
+def test_curve_fit_above_the_jacobian_budget_runs_in_chunks(monkeypatch, settings):
+    X, y = _data()
+    x = X[:, 0]
+    if settings.get("sigma") == "per-point":
+        settings = dict(settings, sigma=0.05 + 0.01 * x)
+    kw = dict(p0=P0, ftol=1e-12, xtol=1e-12, full_output=True, **settings)
+    ref = curve_fit(gauss, x, y, **kw)
+    import sknlsq._stream as stream
+
+    calls = []
+    original = stream.fit_in_chunks
+    monkeypatch.setattr(stream, "fit_in_chunks", lambda *a, **k: calls.append(1) or
+                        original(*a, **k))
+    monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "4096")
+    got = curve_fit(gauss, x, y, **kw)
+    assert calls, "the chunked path was not taken"
+    assert _rel(got[0], ref[0]) < 1e-8
+    assert _rel(np.sqrt(np.diag(got[1])), np.sqrt(np.diag(ref[1]))) < 1e-6
+    np.testing.assert_allclose(got[2]["fvec"], ref[2]["fvec"], rtol=1e-6, atol=1e-10)
+
+
+def _normalised(x, a, b):
+    # Not point-wise: depends on the whole array through x.max().
+    return a * jnp.exp(-b * x / jnp.max(x))
+
+
+def test_models_that_are_not_point_wise_keep_the_full_jacobian(monkeypatch):
+    x = np.linspace(0.1, 5, 20_000)
+    y = 2 * np.exp(-1.5 * x / 5) + 0.01 * np.random.default_rng(0).normal(size=x.size)
+    ref = curve_fit(_normalised, x, y, p0=[1, 1])[0]
+    import sknlsq._stream as stream
+
+    monkeypatch.setattr(stream, "fit_in_chunks", None)  # must not be called
+    monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "4096")
+    got = curve_fit(_normalised, x, y, p0=[1, 1])[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-12)

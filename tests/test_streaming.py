@@ -428,3 +428,12 @@ def test_models_that_are_not_point_wise_keep_the_full_jacobian(monkeypatch):
     monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "4096")
     got = curve_fit(_normalised, x, y, p0=[1, 1])[0]
     np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_verbose_shows_a_progress_bar_and_is_silent_by_default(capsys):
+    X, y = _data()
+    StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=4000).fit(X, y)
+    assert capsys.readouterr().err == ""
+    StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=4000, verbose=2).fit(X, y)
+    err = capsys.readouterr().err
+    assert "sknlsq passes" in err and "pt/s" in err

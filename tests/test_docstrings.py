@@ -5,12 +5,13 @@ import doctest
 import pytest
 
 import sknlsq._estimators._curve_fit
+import sknlsq._estimators._sparse
 import sknlsq._estimators._streaming
 import sknlsq._minpack
 import sknlsq._pool
 import sknlsq._sources
 
-MODULES = [sknlsq._minpack, sknlsq._pool, sknlsq._sources, sknlsq._estimators._curve_fit,
+MODULES = [sknlsq._minpack, sknlsq._pool, sknlsq._sources, sknlsq._estimators._curve_fit, sknlsq._estimators._sparse,
            sknlsq._estimators._streaming]
 
 

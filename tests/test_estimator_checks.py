@@ -2,7 +2,7 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sknlsq import CurveFitRegressor, StreamingCurveFitRegressor
+from sknlsq import CurveFitRegressor, SparseCurveFitRegressor, StreamingCurveFitRegressor
 
 _TOO_MANY_PARAMS = (
     "the check fits 30 features, i.e. 31 parameters of the default linear model, "
@@ -14,11 +14,13 @@ EXPECTED_FAILED = {
     CurveFitRegressor: {"check_sample_weight_equivalence_on_dense_data": _TOO_MANY_PARAMS},
     StreamingCurveFitRegressor: {
         "check_sample_weight_equivalence_on_dense_data": _TOO_MANY_PARAMS},
+    SparseCurveFitRegressor: {
+        "check_sample_weight_equivalence_on_dense_data": _TOO_MANY_PARAMS},
 }
 
 
 @parametrize_with_checks(
-    [CurveFitRegressor(), StreamingCurveFitRegressor()],
+    [CurveFitRegressor(), StreamingCurveFitRegressor(), SparseCurveFitRegressor()],
     expected_failed_checks=lambda est: EXPECTED_FAILED.get(type(est), {}))
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)

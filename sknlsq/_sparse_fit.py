@@ -103,33 +103,61 @@ def fit_global(model, xdata, y, w, group, n_groups, local_idx, shared_idx, p0_lo
     n_params = pl + pg
     n = pg + n_groups * pl
     opts = _options(ftol, xtol, gtol, max_nfev, n, None)
+    group = np.asarray(group, dtype=np.int64)
+    y = np.asarray(y, dtype=float)
+    w = np.asarray(w, dtype=float)
+    xdata = np.asarray(xdata, dtype=float)
+    m = y.size
+    counts = np.bincount(group, minlength=n_groups)
+    P = int(counts.max())
+    # Groups side by side in a (G, P) layout when that wastes little room:
+    # the step's sums become batched contractions instead of scatters.
+    padded = n_groups * P <= 1.5 * m
+    if padded:
+        order = np.argsort(group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(m) - np.repeat(starts, counts)
+        gs = group[order]
+
+        def lay(a, fill):
+            out = np.full(a.shape[:-1] + (n_groups, P), fill, dtype=float)
+            out[..., gs, slot] = a[..., order]
+            return out
+
+        first = order[starts]  # a real row of each group, to fill its padding
+        xfill = xdata[..., first][..., :, None] if xdata.ndim else xdata
+        xl = lay(xdata, 0.0) if xdata.ndim else xdata
+        if xdata.ndim:
+            pad = np.ones((n_groups, P), dtype=bool)
+            pad[gs, slot] = False
+            xl = np.where(pad, np.broadcast_to(xfill, xl.shape), xl)
+        data = {"x": xl, "y": lay(y, 0.0), "w": lay(w, 0.0)}
+    else:
+        data = {"x": xdata, "y": y, "w": w, "group": group.astype(np.int32)}
 
     def fun(tl, tg, d):
-        g = d["group"]
         args = [None] * n_params
         for j, k in enumerate(local_idx):
-            args[k] = tl[g, j]
+            args[k] = tl[:, j][:, None] if padded else tl[d["group"], j]
         for j, k in enumerate(shared_idx):
             args[k] = tg[j]
         out = jnp.asarray(model(d["x"], *args), dtype=jnp.float64)
         return d["w"] * (jnp.broadcast_to(out, d["y"].shape) - d["y"])
 
-    prob = BlockArrow(fun, int(n_groups), pl, pg)
+    prob = BlockArrow(fun, int(n_groups), pl, pg, padded)
     x0 = np.concatenate([np.asarray(p0_shared, float).reshape(-1),
                          np.asarray(p0_local, float).reshape(-1)])
-    data = {"x": xdata, "y": y, "w": w, "group": np.asarray(group, dtype=np.int32)}
     key = ("sparse-global", _model._hashable(model), tuple(local_idx), tuple(shared_idx),
-           int(n_groups), tuple((k, np.shape(v)) for k, v in sorted(data.items())))
+           int(n_groups), padded, tuple((k, np.shape(v)) for k, v in sorted(data.items())))
     with x64():
         state = _run(pool, key, prob, x0, data, opts)
         status = int(state.status)
         cov = {}
-        if status > 0 or status == 0:
+        if status >= 0:
             shared, local, cross = jax.jit(block_arrow_covariance, static_argnums=0)(
-                prob, state.jac, data["group"])
+                prob, state.jac, data.get("group"))
             cov = dict(shared=np.asarray(shared), local=np.asarray(local),
                        cross=np.asarray(cross))
-    m = np.asarray(y).size
     return _result(state, pl + pg, m * (pl + pg), cov)
 
 

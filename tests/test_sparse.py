@@ -192,3 +192,21 @@ def test_unknown_group_at_predict():
                                   group_column=1).fit(np.column_stack([t, g]), y)
     with pytest.raises(ValueError, match="not seen"):
         est.predict(np.array([[0.5, 99.0]]))
+
+
+def test_ragged_groups_use_the_segment_layout_with_the_same_answer():
+    rng = np.random.default_rng(7)
+    sizes = np.r_[3, rng.integers(3, 8, 29), 60]  # one long group: no (G, P) layout
+    g = np.repeat(np.arange(sizes.size), sizes)
+    t = rng.uniform(0, 5, g.size)
+    amp, off = rng.uniform(1, 3, sizes.size), rng.uniform(0, 1, sizes.size)
+    y = amp[g] * np.exp(-0.8 * t) + off[g] + 0.02 * rng.normal(size=g.size)
+    perm = rng.permutation(g.size)  # rows in any order
+    X = np.column_stack([t, g])[perm]
+    est = SparseCurveFitRegressor(decay, p0=[1.0, 0.0, 1.0], local_params=["amp", "off"],
+                                  group_column=1, **TIGHT).fit(X, y[perm])
+    popt, pcov = _dense_global(t, g, y, sizes.size)
+    np.testing.assert_allclose(est.shared_params_, popt[:1], rtol=1e-9)
+    np.testing.assert_allclose(est.local_params_, popt[1:].reshape(-1, 2), rtol=1e-7,
+                               atol=1e-10)
+    np.testing.assert_allclose(est.perr_, np.sqrt(np.diag(pcov)), rtol=1e-6)

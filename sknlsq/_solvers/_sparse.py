@@ -46,14 +46,17 @@ class BlockArrow(NamedTuple):
     """Static description of a block-arrow problem.
 
     ``fun(theta_L, theta_G, data) -> f`` where ``theta_L`` is (G, p_l) and
-    ``theta_G`` (p_g,); ``group`` (m,) is the group of each residual (a
-    traced array in ``data["group"]``).
+    ``theta_G`` (p_g,). With ``padded=True`` the residuals come as a
+    (G, P) array, row g holding group g's residuals (zero-weight padding
+    where a group has fewer than P); otherwise as a flat (m,) array with
+    the group of each residual in ``data["group"]``.
     """
 
     fun: Callable[[Any, Any, Any], Any]
     n_groups: int
     n_local: int
     n_shared: int
+    padded: bool = False
 
 
 class SparseOptions(NamedTuple):
@@ -106,30 +109,47 @@ def _ba_jac(prob, x, data):
 
     f, lin = jax.linearize(f_of, tl, tg)
     pl, pg = prob.n_local, prob.n_shared
-    eye_l = jnp.eye(pl, dtype=x.dtype)
+    out = f.ndim  # per-slot derivatives go to a new trailing axis
     JL = jax.vmap(lambda e: lin(jnp.broadcast_to(e, tl.shape), jnp.zeros_like(tg)),
-                  out_axes=1)(eye_l) if pl else jnp.zeros((f.shape[0], 0), x.dtype)
-    JG = jax.vmap(lambda e: lin(jnp.zeros_like(tl), e), out_axes=1)(
-        jnp.eye(pg, dtype=x.dtype)) if pg else jnp.zeros((f.shape[0], 0), x.dtype)
+                  out_axes=out)(jnp.eye(pl, dtype=x.dtype)) if pl else \
+        jnp.zeros(f.shape + (0,), x.dtype)
+    JG = jax.vmap(lambda e: lin(jnp.zeros_like(tl), e), out_axes=out)(
+        jnp.eye(pg, dtype=x.dtype)) if pg else jnp.zeros(f.shape + (0,), x.dtype)
     return f, (JL, JG)
+
+
+def _group_sum(prob, a, group):
+    """Sum of ``a`` (per residual, trailing dims kept) over each group."""
+    if prob.padded:
+        return jnp.sum(a, axis=1)
+    return jax.ops.segment_sum(a, group, prob.n_groups)
 
 
 def _ba_products(prob, jac, f, group):
     JL, JG = jac
-    G = prob.n_groups
-    gl = jax.ops.segment_sum(JL * f[:, None], group, G)  # (G, pl)
-    gg = JG.T @ f
+    if prob.padded:
+        gl = jnp.einsum("gpi,gp->gi", JL, f)
+        gg = jnp.einsum("gpk,gp->k", JG, f)
+    else:
+        gl = jax.ops.segment_sum(JL * f[:, None], group, prob.n_groups)  # (G, pl)
+        gg = JG.T @ f
     return jnp.concatenate([gg, gl.reshape(-1)])
 
 
 def _ba_diag(prob, jac, group):
     JL, JG = jac
-    dl = jax.ops.segment_sum(JL * JL, group, prob.n_groups)
-    return jnp.concatenate([jnp.sum(JG * JG, axis=0), dl.reshape(-1)])
+    dl = _group_sum(prob, JL * JL, group)
+    dg = jnp.sum((JG * JG).reshape(-1, prob.n_shared), axis=0)
+    return jnp.concatenate([dg, dl.reshape(-1)])
 
 
 def _ba_blocks(prob, jac, group):
     JL, JG = jac
+    if prob.padded:
+        U = jnp.einsum("gpi,gpj->gij", JL, JL)
+        W = jnp.einsum("gpi,gpk->gik", JL, JG)
+        V = jnp.einsum("gpk,gpl->kl", JG, JG)
+        return U, W, V
     G = prob.n_groups
     U = jax.ops.segment_sum(JL[:, :, None] * JL[:, None, :], group, G)  # (G, pl, pl)
     W = jax.ops.segment_sum(JL[:, :, None] * JG[:, None, :], group, G)  # (G, pl, pg)
@@ -242,7 +262,7 @@ def _cg_solve(prob, vals, rows, cols, g, d2, lam, opts):
 
 def _ops(prob, data, opts):
     if isinstance(prob, BlockArrow):
-        group = data["group"]
+        group = None if prob.padded else data["group"]
         return dict(
             fun=lambda x: _ba_fun(prob, x, data),
             jac=lambda x: _ba_jac(prob, x, data),
@@ -264,7 +284,7 @@ def sparse_solve(prob, x0, data, opts: SparseOptions) -> SparseState:
     """Run the whole sparse Levenberg-Marquardt fit (one traced computation)."""
     ops = _ops(prob, data, opts)
     f0, jac0 = ops["jac"](x0)
-    cost0 = 0.5 * jnp.dot(f0, f0)
+    cost0 = 0.5 * jnp.sum(f0 * f0)
     g0 = ops["grad"](jac0, f0)
     d20 = ops["diag"](jac0)
     d20 = jnp.where(d20 > 0, d20, 1.0)
@@ -284,7 +304,7 @@ def sparse_solve(prob, x0, data, opts: SparseOptions) -> SparseState:
         x_new = s.x + p
         f_new = ops["fun"](x_new)
         finite = jnp.all(jnp.isfinite(f_new))
-        cost_new = jnp.where(finite, 0.5 * jnp.dot(f_new, f_new), jnp.inf)
+        cost_new = jnp.where(finite, 0.5 * jnp.sum(f_new * f_new), jnp.inf)
         pred = 0.5 * (s.lam * jnp.dot(p, s.d2 * p) - jnp.dot(s.g, p))
         actual = s.cost - cost_new
         rho = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1.0), -1.0)
@@ -295,7 +315,7 @@ def sparse_solve(prob, x0, data, opts: SparseOptions) -> SparseState:
             g = ops["grad"](jac, f)
             d2 = jnp.maximum(s.d2, ops["diag"](jac))
             lam = s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-            return x_new, f, 0.5 * jnp.dot(f, f), jac, g, d2, lam, jnp.asarray(2.0, x0.dtype)
+            return x_new, f, 0.5 * jnp.sum(f * f), jac, g, d2, lam, jnp.asarray(2.0, x0.dtype)
 
         def rejected(_):
             return s.x, s.f, s.cost, s.jac, s.g, s.d2, s.lam * s.nu, 2.0 * s.nu

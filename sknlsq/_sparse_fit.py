@@ -103,37 +103,8 @@ def fit_global(model, xdata, y, w, group, n_groups, local_idx, shared_idx, p0_lo
     n_params = pl + pg
     n = pg + n_groups * pl
     opts = _options(ftol, xtol, gtol, max_nfev, n, None)
-    group = np.asarray(group, dtype=np.int64)
-    y = np.asarray(y, dtype=float)
-    w = np.asarray(w, dtype=float)
-    xdata = np.asarray(xdata, dtype=float)
-    m = y.size
-    counts = np.bincount(group, minlength=n_groups)
-    P = int(counts.max())
-    # Groups side by side in a (G, P) layout when that wastes little room:
-    # the step's sums become batched contractions instead of scatters.
-    padded = n_groups * P <= 1.5 * m
-    if padded:
-        order = np.argsort(group, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot = np.arange(m) - np.repeat(starts, counts)
-        gs = group[order]
-
-        def lay(a, fill):
-            out = np.full(a.shape[:-1] + (n_groups, P), fill, dtype=float)
-            out[..., gs, slot] = a[..., order]
-            return out
-
-        first = order[starts]  # a real row of each group, to fill its padding
-        xfill = xdata[..., first][..., :, None] if xdata.ndim else xdata
-        xl = lay(xdata, 0.0) if xdata.ndim else xdata
-        if xdata.ndim:
-            pad = np.ones((n_groups, P), dtype=bool)
-            pad[gs, slot] = False
-            xl = np.where(pad, np.broadcast_to(xfill, xl.shape), xl)
-        data = {"x": xl, "y": lay(y, 0.0), "w": lay(w, 0.0)}
-    else:
-        data = {"x": xdata, "y": y, "w": w, "group": group.astype(np.int32)}
+    data, padded = _global_layout(xdata, y, w, group, n_groups)
+    m = np.asarray(y).size
 
     def fun(tl, tg, d):
         args = [None] * n_params
@@ -154,11 +125,51 @@ def fit_global(model, xdata, y, w, group, n_groups, local_idx, shared_idx, p0_lo
         status = int(state.status)
         cov = {}
         if status >= 0:
-            shared, local, cross = jax.jit(block_arrow_covariance, static_argnums=0)(
-                prob, state.jac, data.get("group"))
+            shared, local, cross = jax.jit(block_arrow_covariance)(state.rep)
             cov = dict(shared=np.asarray(shared), local=np.asarray(local),
                        cross=np.asarray(cross))
     return _result(state, pl + pg, m * (pl + pg), cov)
+
+
+def _global_layout(xdata, y, w, group, n_groups):
+    """The data of a global fit as the solver takes them.
+
+    Groups side by side in a (G, P) layout (P the largest group; padding
+    rows get zero weight) when that wastes little room: the sums of a step
+    are then batched contractions instead of scatters. Otherwise flat, with
+    the group of each row. ``w=None`` means unit weights.
+    """
+    group = np.asarray(group, dtype=np.int64)
+    y = np.asarray(y, dtype=float)
+    xdata = np.asarray(xdata, dtype=float)
+    m = y.size
+    counts = np.bincount(group, minlength=n_groups)
+    P = int(counts.max())
+    if n_groups * P > 1.5 * m:
+        wd = np.ones(()) if w is None else np.asarray(w, dtype=float)
+        return {"x": xdata, "y": y, "w": wd, "group": group.astype(np.int32)}, False
+    order = np.argsort(group, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(m) - np.repeat(starts, counts)
+    gs = group[order]
+    del group
+
+    def lay(a):
+        out = np.zeros(a.shape[:-1] + (n_groups, P))
+        out[..., gs, slot] = a[..., order]
+        return out
+
+    if np.all(counts == P):
+        wd = np.ones(()) if w is None else lay(np.asarray(w, dtype=float))
+        xl = lay(xdata) if xdata.ndim else xdata
+    else:
+        wd = lay(np.ones(m) if w is None else np.asarray(w, dtype=float))
+        xl = xdata
+        if xdata.ndim:  # padding rows repeat a real row of their group
+            xl = np.broadcast_to(xdata[..., order[starts]][..., None],
+                                 xdata.shape[:-1] + (n_groups, P)).copy()
+            xl[..., gs, slot] = xdata[..., order]
+    return {"x": xl, "y": lay(y), "w": wd}, True
 
 
 # --------------------------------------------------------------------------
@@ -195,7 +206,7 @@ def fit_pattern(model, xdata, y, w, p0, pattern, *, ftol=1e-8, xtol=1e-8, gtol=1
         state = _run(pool, key, prob, np.asarray(p0, float), data, opts)
     cov = {}
     if n <= dense_cov_limit and int(state.status) >= 0:
-        J = sp.csr_array((np.asarray(state.jac), (rows, cols)), shape=(m, n))
+        J = sp.csr_array((np.asarray(state.rep), (rows, cols)), shape=(m, n))
         JTJ = (J.T @ J).toarray()
         cov = dict(full=np.linalg.pinv(JTJ, hermitian=True))
     return _result(state, int(n_colors), int(rows.size), cov)

@@ -196,7 +196,7 @@ class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
             Fitted estimator.
         """
         X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64)
-        w = np.ones(X.shape[0])
+        w = None  # unit weights
         if sample_weight is not None:
             try:
                 sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
@@ -207,7 +207,7 @@ class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
         if self.group_column is not None:
             self._fit_global(X, y, w)
         else:
-            self._fit_general(X, y, w)
+            self._fit_general(X, y, np.ones(X.shape[0]) if w is None else w)
         if not self.status_ > 0:
             warnings.warn(f"The fit did not converge: {self.message_} Increase `max_nfev` or "
                           "check `p0` and the model.", ConvergenceWarning, stacklevel=3)
@@ -220,15 +220,22 @@ class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"`group_column`={gc} is out of range for X with "
                              f"{X.shape[1]} columns.")
         gc %= X.shape[1]
-        ids = X[:, gc]
-        if not np.all(ids == np.round(ids)):
-            bad = ids[ids != np.round(ids)][:3]
-            raise ValueError(f"group ids (column {gc} of X, `group_column`) must be integers; "
-                             f"got {bad.tolist()}.")
-        feats = np.delete(X, gc, axis=1)
-        if feats.shape[1] == 0:
+        if X.shape[1] == 1:
             raise ValueError("`X` needs at least one feature column besides `group_column`.")
-        return ids.astype(np.int64), feats
+        # Views where possible: X can be large.
+        keep = [c for c in range(X.shape[1]) if c != gc]
+        feats = X[:, keep[0]:keep[0] + 1] if len(keep) == 1 else X[:, keep]
+        return X[:, gc], feats
+
+    @staticmethod
+    def _group_index(ids):
+        """Sorted distinct group ids and each row's position among them."""
+        groups, group = np.unique(ids, return_inverse=True)
+        bad = groups[groups != np.round(groups)]
+        if bad.size:
+            raise ValueError(f"group ids (`group_column` of X) must be integers; got "
+                             f"{bad[:3].tolist()}.")
+        return groups.astype(np.int64), group
 
     def _fit_global(self, X, y, w):
         if self.model is None:
@@ -236,7 +243,8 @@ class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
         if self.tr_solver not in ("auto", "schur"):
             raise ValueError(f"global fits use tr_solver='schur', got {self.tr_solver!r}.")
         ids, feats = self._split_X(X)
-        groups, group = np.unique(ids, return_inverse=True)
+        groups, group = self._group_index(ids)
+        del ids
         G = groups.size
         names = _model.parameter_names(self.model, None if self.p0 is None else len(self.p0))
         n_params = len(names)
@@ -428,6 +436,8 @@ class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
             return np.broadcast_to(evaluate_model(model, _xdata(X), self.params_),
                                    (X.shape[0],)).copy()
         ids, feats = self._split_X(X)
+        if np.any(ids != np.round(ids)):
+            raise ValueError("group ids (`group_column` of X) must be integers.")
         pos = np.searchsorted(self.groups_, ids)
         pos = np.clip(pos, 0, self.groups_.size - 1)
         unknown = self.groups_[pos] != ids

@@ -70,9 +70,8 @@ class SparseOptions(NamedTuple):
 
 class SparseState(NamedTuple):
     x: Any  # (n,) packed parameters: shared first, then local group-major
-    f: Any
     cost: Any
-    jac: Any  # solver-specific Jacobian representation
+    rep: Any  # what the linear solver needs: (U, W, V) blocks, or the COO values
     g: Any  # J^T f
     d2: Any  # scaling: running max of diag(J^T J)
     lam: Any
@@ -118,13 +117,6 @@ def _ba_jac(prob, x, data):
     return f, (JL, JG)
 
 
-def _group_sum(prob, a, group):
-    """Sum of ``a`` (per residual, trailing dims kept) over each group."""
-    if prob.padded:
-        return jnp.sum(a, axis=1)
-    return jax.ops.segment_sum(a, group, prob.n_groups)
-
-
 def _ba_products(prob, jac, f, group):
     JL, JG = jac
     if prob.padded:
@@ -134,13 +126,6 @@ def _ba_products(prob, jac, f, group):
         gl = jax.ops.segment_sum(JL * f[:, None], group, prob.n_groups)  # (G, pl)
         gg = JG.T @ f
     return jnp.concatenate([gg, gl.reshape(-1)])
-
-
-def _ba_diag(prob, jac, group):
-    JL, JG = jac
-    dl = _group_sum(prob, JL * JL, group)
-    dg = jnp.sum((JG * JG).reshape(-1, prob.n_shared), axis=0)
-    return jnp.concatenate([dg, dl.reshape(-1)])
 
 
 def _ba_blocks(prob, jac, group):
@@ -157,10 +142,10 @@ def _ba_blocks(prob, jac, group):
     return U, W, V
 
 
-def _ba_solve(prob, jac, g, d2, lam, group):
+def _ba_solve(prob, blocks, g, d2, lam):
     """Solve (1) by eliminating the local blocks."""
     pg, pl, G = prob.n_shared, prob.n_local, prob.n_groups
-    U, W, V = _ba_blocks(prob, jac, group)
+    U, W, V = blocks
     gg, gl = g[:pg], g[pg:].reshape(G, pl)
     dg, dl = d2[:pg], d2[pg:].reshape(G, pl)
     Ud = U + lam * jax.vmap(jnp.diag)(dl)
@@ -176,11 +161,12 @@ def _ba_solve(prob, jac, g, d2, lam, group):
     return jnp.concatenate([pG, pL.reshape(-1)])
 
 
-def block_arrow_covariance(prob: BlockArrow, jac, group):
-    """Unscaled covariance pieces ``(J^T J)^{-1}`` without forming it: the
+def block_arrow_covariance(blocks):
+    """Unscaled covariance pieces ``(J^T J)^{-1}`` without forming it, from
+    the blocks ``U, W, V`` of ``J^T J`` (the ``rep`` of a solved state): the
     shared block ``S^{-1}`` and the per-group local diagonal blocks
     ``U_g^{-1} + U_g^{-1} W_g S^{-1} W_g^T U_g^{-1}``."""
-    U, W, V = _ba_blocks(prob, jac, group)
+    U, W, V = blocks
     Ui = jnp.linalg.inv(U)
     UiW = Ui @ W
     S = V - jnp.einsum("gij,gik->jk", W, UiW)
@@ -261,73 +247,86 @@ def _cg_solve(prob, vals, rows, cols, g, d2, lam, opts):
 
 
 def _ops(prob, data, opts):
+    """``lin(x) -> (cost, finite, g, diag(J^T J), rep)``, ``cost(x)`` and
+    ``solve(rep, g, d2, lam)`` for either kind of problem. Only the n-sized
+    pieces and ``rep`` outlive a linearisation: the residuals and the
+    Jacobian are temporaries."""
     if isinstance(prob, BlockArrow):
         group = None if prob.padded else data["group"]
-        return dict(
-            fun=lambda x: _ba_fun(prob, x, data),
-            jac=lambda x: _ba_jac(prob, x, data),
-            grad=lambda jac, f: _ba_products(prob, jac, f, group),
-            diag=lambda jac: _ba_diag(prob, jac, group),
-            solve=lambda jac, g, d2, lam: _ba_solve(prob, jac, g, d2, lam, group),
-        )
+
+        def lin(x):
+            f, jac = _ba_jac(prob, x, data)
+            U, W, V = _ba_blocks(prob, jac, group)
+            g = _ba_products(prob, jac, f, group)
+            d = jnp.concatenate([jnp.diagonal(V), jnp.diagonal(U, axis1=1, axis2=2).reshape(-1)])
+            return 0.5 * jnp.sum(f * f), jnp.all(jnp.isfinite(f)), g, d, (U, W, V)
+
+        def cost(x):
+            f = _ba_fun(prob, x, data)
+            return 0.5 * jnp.sum(f * f), jnp.all(jnp.isfinite(f))
+
+        return lin, cost, lambda rep, g, d2, lam: _ba_solve(prob, rep, g, d2, lam)
+
     rows, cols = data["rows"], data["cols"]
-    return dict(
-        fun=lambda x: prob.fun(x, data),
-        jac=lambda x: _coo_jac(prob, x, data),
-        grad=lambda vals, f: _coo_rmv(prob, vals, rows, cols, f),
-        diag=lambda vals: jax.ops.segment_sum(vals * vals, cols, prob.n),
-        solve=lambda vals, g, d2, lam: _cg_solve(prob, vals, rows, cols, g, d2, lam, opts),
-    )
+
+    def lin(x):
+        f, vals = _coo_jac(prob, x, data)
+        g = _coo_rmv(prob, vals, rows, cols, f)
+        d = jax.ops.segment_sum(vals * vals, cols, prob.n)
+        return 0.5 * jnp.sum(f * f), jnp.all(jnp.isfinite(f)), g, d, vals
+
+    def cost(x):
+        f = prob.fun(x, data)
+        return 0.5 * jnp.sum(f * f), jnp.all(jnp.isfinite(f))
+
+    def solve(vals, g, d2, lam):
+        return _cg_solve(prob, vals, rows, cols, g, d2, lam, opts)
+
+    return lin, cost, solve
 
 
 def sparse_solve(prob, x0, data, opts: SparseOptions) -> SparseState:
     """Run the whole sparse Levenberg-Marquardt fit (one traced computation)."""
-    ops = _ops(prob, data, opts)
-    f0, jac0 = ops["jac"](x0)
-    cost0 = 0.5 * jnp.sum(f0 * f0)
-    g0 = ops["grad"](jac0, f0)
-    d20 = ops["diag"](jac0)
+    lin, cost_of, solve = _ops(prob, data, opts)
+    cost0, finite0, g0, d20, rep0 = lin(x0)
     d20 = jnp.where(d20 > 0, d20, 1.0)
     lam0 = 1e-3 * jnp.max(d20)
-    finite0 = jnp.all(jnp.isfinite(f0))
     gtol_ok = jnp.max(jnp.abs(g0)) <= opts.gtol
     status0 = jnp.where(finite0, jnp.where(gtol_ok, 1, -1), -2).astype(jnp.int32)
     one = jnp.ones((), jnp.int32)
-    state = SparseState(x0, f0, cost0, jac0, g0, d20, lam0, jnp.asarray(2.0, x0.dtype), one,
-                        one, 0 * one, status0)
+    state = SparseState(x0, cost0, rep0, g0, d20, lam0, jnp.asarray(2.0, x0.dtype), one, one,
+                        0 * one, status0)
 
     def cond(s):
         return (s.status == -1) & (s.nfev < opts.max_nfev)
 
     def body(s):
-        p = ops["solve"](s.jac, s.g, s.d2, s.lam)
+        p = solve(s.rep, s.g, s.d2, s.lam)
         x_new = s.x + p
-        f_new = ops["fun"](x_new)
-        finite = jnp.all(jnp.isfinite(f_new))
-        cost_new = jnp.where(finite, 0.5 * jnp.sum(f_new * f_new), jnp.inf)
+        cost_new, finite = cost_of(x_new)
+        cost_new = jnp.where(finite, cost_new, jnp.inf)
         pred = 0.5 * (s.lam * jnp.dot(p, s.d2 * p) - jnp.dot(s.g, p))
         actual = s.cost - cost_new
         rho = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1.0), -1.0)
         accept = finite & (rho > 1e-4)
 
         def accepted(_):
-            f, jac = ops["jac"](x_new)
-            g = ops["grad"](jac, f)
-            d2 = jnp.maximum(s.d2, ops["diag"](jac))
+            cost, _, g, d, rep = lin(x_new)
+            d2 = jnp.maximum(s.d2, d)
             lam = s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-            return x_new, f, 0.5 * jnp.sum(f * f), jac, g, d2, lam, jnp.asarray(2.0, x0.dtype)
+            return x_new, cost, rep, g, d2, lam, jnp.asarray(2.0, x0.dtype)
 
         def rejected(_):
-            return s.x, s.f, s.cost, s.jac, s.g, s.d2, s.lam * s.nu, 2.0 * s.nu
+            return s.x, s.cost, s.rep, s.g, s.d2, s.lam * s.nu, 2.0 * s.nu
 
-        x, f, cost, jac, g, d2, lam, nu = jax.lax.cond(accept, accepted, rejected, None)
+        x, cost, rep, g, d2, lam, nu = jax.lax.cond(accept, accepted, rejected, None)
         ftol_ok = accept & (actual <= opts.ftol * s.cost)
         pnorm = jnp.sqrt(jnp.dot(p, p))
         xtol_ok = pnorm <= opts.xtol * (opts.xtol + jnp.sqrt(jnp.dot(s.x, s.x)))
         gtol_ok = accept & (jnp.max(jnp.abs(g)) <= opts.gtol)
         status = jnp.where(ftol_ok & xtol_ok, 4, jnp.where(ftol_ok, 2, jnp.where(
             xtol_ok, 3, jnp.where(gtol_ok, 1, -1)))).astype(jnp.int32)
-        return SparseState(x, f, cost, jac, g, d2, lam, nu, s.nfev + 1,
+        return SparseState(x, cost, rep, g, d2, lam, nu, s.nfev + 1,
                            s.njev + accept.astype(jnp.int32), s.nit + accept.astype(jnp.int32),
                            status)
 

@@ -560,8 +560,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
         unit = sigma is None and sample_weight is None
         res = fit_in_chunks(model, xdata, ydata, None if unit else w,
-                            chunk_size=_CHUNK_ROWS, p0=p0, bounds=(lb, ub), method=method, loss=loss, f_scale=f_scale,
-                            x_scale=x_scale, ftol=ftol, xtol=xtol, gtol=gtol,
+                            chunk_size=_CHUNK_ROWS, p0=p0, bounds=(lb, ub), method=method,
+                            loss=loss, f_scale=f_scale, x_scale=x_scale, ftol=ftol, xtol=xtol, gtol=gtol,
                             max_nfev=max_nfev, refine=int(refine), pool=pool,
                             absolute_sigma=absolute_sigma, m_dof=m_dof,
                             stacklevel=stacklevel + 1)

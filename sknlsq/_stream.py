@@ -271,8 +271,9 @@ def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xto
                    np.float64(f_scale), np.float64(10.0))
     model_name = (f"{getattr(model, '__module__', '')}."
                   f"{getattr(model, '__qualname__', type(model).__name__)}")
-    return dict(model_name=model_name, p0=p0, n=n, names=names, lb=lb, ub=ub, has_bounds=has_bounds, method=method,
-                use_jac_scale=use_jac_scale, xs=xs, opts=opts, loss=loss)
+    return dict(model_name=model_name, p0=p0, n=n, names=names, lb=lb, ub=ub,
+                has_bounds=has_bounds, method=method, use_jac_scale=use_jac_scale, xs=xs,
+                opts=opts, loss=loss)
 
 
 def _check_chunk_size(chunk_size):

@@ -10,8 +10,10 @@ import sknlsq._estimators._streaming
 import sknlsq._minpack
 import sknlsq._pool
 import sknlsq._sources
+import sknlsq._sparsity
 
-MODULES = [sknlsq._minpack, sknlsq._pool, sknlsq._sources, sknlsq._estimators._curve_fit, sknlsq._estimators._sparse,
+MODULES = [sknlsq._minpack, sknlsq._pool, sknlsq._sources, sknlsq._sparsity,
+           sknlsq._estimators._curve_fit, sknlsq._estimators._sparse,
            sknlsq._estimators._streaming]
 
 

@@ -5,7 +5,6 @@ Jacobians for patterns and values, brute-force pairwise checks for the
 colouring, hand-computed byte counts for the memory estimate.
 """
 
-import doctest
 import sys
 import warnings
 
@@ -664,8 +663,3 @@ def test_plot_sparsity_pattern_without_matplotlib(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install sknlsq\[plot\]"):
         plot_sparsity_pattern(np.eye(3))
 
-
-def test_docstring_examples():
-    result = doctest.testmod(sparsity_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 6
-    assert result.failed == 0

@@ -341,8 +341,10 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
             m_hint = source.n_samples if source.n_samples is not None else cs
             data = {"token": np.int64(token), "m": np.float64(m_hint)}
             key = ("chunked-host", cs, nf)
+            whole = checkpoint is None and source.n_samples is not None
             progs = _chunked_programs(pool, plan, st, int(refine), key,
-                                      partial(_callback_read_cached, cs, nf), data, steps)
+                                      partial(_callback_read_cached, cs, nf), data, steps,
+                                      whole=whole)
             with _readers_lock:
                 _readers[token] = reader
             with x64_for_host_callbacks(True):
@@ -419,7 +421,7 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
         data = {"x": jax.device_put(x), "y": jax.device_put(y), "w": jax.device_put(w),
                 "m": np.float64(M)}
         progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs),
-                                  partial(_device_reader, cs), data, None)
+                                  partial(_device_reader, cs), data, None, whole=True)
         _model.reset_host_error()
         with x64_for_host_callbacks(plan.uses_host):
             sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
@@ -449,8 +451,10 @@ def _device_reader(cs):
     return read
 
 
-def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps):
-    """Compiled (start, segment) programs of a chunked fit."""
+def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps, whole=False):
+    """Compiled programs of a chunked fit: ``(start, segment)``, or with
+    ``whole`` a single program for the whole solve (half the compile time;
+    used when nothing needs the state between segments)."""
     kw = dict(method=st["method"], has_bounds=st["has_bounds"],
               use_jac_scale=st["use_jac_scale"])
     base = ("chunked", key, plan.key, plan.out_shape if plan.mode == "host" else None,
@@ -462,6 +466,20 @@ def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps):
         return ChunkedProblem(p.fun, p.fun_jac, make_read(), st["loss"])
 
     args = (st["p0"], data, st["lb"], st["ub"], st["xs"], st["opts"])
+
+    if whole:
+        def build_whole():
+            pr = problem()
+
+            def run(x0, data, lb, ub, xs, opts):
+                carry = start(pr, x0, data, lb, ub, xs, opts, refine=refine, **kw)
+                carry = advance(carry, pr, data, lb, ub, opts, **kw)
+                sol = finish(carry, lb, ub, opts, method=st["method"])
+                return carry, running(carry, opts), _pack_small(sol)
+
+            return compile_lowered(jax.jit(run).lower(*args))
+
+        return pool.program(base + ("whole",), build_whole), None, args, None
 
     def build_start():
         f = partial(start, problem(), refine=refine, **kw)
@@ -499,6 +517,9 @@ def _pack_small(sol):
 
 def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, refine):
     start_prog, seg_prog, args, template_of = progs
+    if seg_prog is None:  # the whole solve in one program
+        _, _, packed = start_prog(*args)
+        return _unpack_small(np.asarray(packed), st["n"], data["m"]), False
     expected = None
     resumed = False
     carry = None

@@ -437,3 +437,15 @@ def test_verbose_shows_a_progress_bar_and_is_silent_by_default(capsys):
     StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=4000, verbose=2).fit(X, y)
     err = capsys.readouterr().err
     assert "sknlsq passes" in err and "pt/s" in err
+
+
+def test_h5py_datasets_can_be_passed_directly(tmp_path):
+    X, y = _data()
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X"] = X
+        f["y"] = y
+    ref = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=3000).fit(X, y)
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=3000).fit(f["X"], f["y"])
+    assert np.array_equal(est.params_, ref.params_)
+    assert est.n_features_in_ == 1

@@ -39,7 +39,23 @@ def _xdata(X):
     return X[:, 0] if X.shape[1] == 1 else X.T
 
 
-class CurveFitRegressor(RegressorMixin, BaseEstimator):
+class _ModelMixin:
+    """What every estimator here shares: the model (``None``: the linear
+    model, with zeros as ``p0``) and the names of its parameters."""
+
+    def _model_and_p0(self, n_features):
+        if self.model is not None:
+            return self.model, self.p0
+        p0 = np.zeros(n_features + 1) if self.p0 is None else self.p0
+        return linear_model, p0
+
+    def _param_names(self, names, n_features):
+        if self.model is None:
+            return ("intercept",) + tuple(f"coef_{j}" for j in range(n_features))
+        return tuple(names)
+
+
+class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     """Nonlinear least-squares curve fit as a scikit-learn regressor.
 
     Fits ``y = model(x, *params)`` with the compiled JAX solvers behind
@@ -176,17 +192,6 @@ class CurveFitRegressor(RegressorMixin, BaseEstimator):
         self.gtol = gtol
         self.max_nfev = max_nfev
         self.pool = pool
-
-    def _model_and_p0(self, n_features):
-        if self.model is not None:
-            return self.model, self.p0
-        p0 = np.zeros(n_features + 1) if self.p0 is None else self.p0
-        return linear_model, p0
-
-    def _param_names(self, names, n_features):
-        if self.model is None:
-            return ("intercept",) + tuple(f"coef_{j}" for j in range(n_features))
-        return tuple(names)
 
     def _settings(self):
         return dict(bounds=self.bounds, method=self.method, jac=self.jac, loss=self.loss,

@@ -25,13 +25,13 @@ from .._fit import evaluate_model, fit_curve
 from .._pool import MemoryPool
 from .._sparse_fit import fit_global, fit_pattern
 from .._sparsity import detect_sparsity_pattern, estimate_memory_usage, validate_pattern
-from ._curve_fit import _xdata, linear_model
+from ._curve_fit import _ModelMixin, _xdata
 
 _DENSE_MAX_PARAMS = 200  # 'auto': at most this many parameters and ...
 _DENSE_MAX_FILL = 0.5  # ... at least this fraction of non-zeros: solve densely
 
 
-class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
+class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     """Nonlinear least squares with a sparse Jacobian (thousands of parameters).
 
     Two kinds of problems:
@@ -169,12 +169,6 @@ class SparseCurveFitRegressor(RegressorMixin, BaseEstimator):
         self.max_nfev = max_nfev
         self.cg_maxiter = cg_maxiter
         self.pool = pool
-
-    def _model_and_p0(self, n_features):
-        if self.model is not None:
-            return self.model, self.p0
-        p0 = np.zeros(n_features + 1) if self.p0 is None else self.p0
-        return linear_model, p0
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):

@@ -23,7 +23,7 @@ from .._pool import MemoryPool
 from .._sources import ArraySource, ChunkSource, as_source
 from .._stream import (OnlineState, _settings_check, covariance_from_R, fit_chunked,
                        online_update)
-from ._curve_fit import _xdata, linear_model
+from ._curve_fit import _ModelMixin, _xdata
 
 
 def _is_source_like(X):
@@ -33,7 +33,7 @@ def _is_source_like(X):
     return mod.startswith("h5py")
 
 
-class StreamingCurveFitRegressor(RegressorMixin, BaseEstimator):
+class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     """Nonlinear least-squares curve fit over data read in chunks.
 
     ``fit`` is exact: every solver iteration makes one pass over the data,
@@ -201,17 +201,6 @@ class StreamingCurveFitRegressor(RegressorMixin, BaseEstimator):
         self.pool = pool
 
     # -- helpers ---------------------------------------------------------------
-    def _model_and_p0(self, n_features):
-        if self.model is not None:
-            return self.model, self.p0
-        p0 = np.zeros(n_features + 1) if self.p0 is None else self.p0
-        return linear_model, p0
-
-    def _param_names(self, names, n_features):
-        if self.model is None:
-            return ("intercept",) + tuple(f"coef_{j}" for j in range(n_features))
-        return tuple(names)
-
     def _solver_settings(self, model, p0, n_features):
         return _settings_check(model, p0, self.bounds, self.method, self.loss, self.f_scale,
                                self.x_scale, self.ftol, self.xtol, self.gtol, self.max_nfev,

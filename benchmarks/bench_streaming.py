@@ -18,7 +18,10 @@ or data would inflate every child's figure.
    datasets, written once in slices of 2^20 rows into ``--workdir`` and
    reused when its attributes match). ``StreamingCurveFitRegressor(gauss,
    p0, chunk_size=2^18).fit(HDF5Source(path, X=["x"], y="y"))``: wall time,
-   peak RSS (target < 600 MB), passes, points/s per pass. Checked against
+   peak RSS (target < 600 MB), passes, points/s per pass. Before the fit the
+   parent reads the file once (``--no-preread`` skips it), so that the passes
+   read from the page cache; the resident part of the file (``fincore``) is
+   printed before and after the fit. Checked against
    (a) an in-memory ``CurveFitRegressor`` fit of the first 1e7 rows
    (|diff| <= 4 perr of that fit) and (b) an in-memory ``CurveFitRegressor``
    fit of all 1e8 rows (max relative difference <= 1e-8). All three fits use
@@ -38,7 +41,8 @@ or data would inflate every child's figure.
 Usage, from the repository root::
 
     python benchmarks/bench_streaming.py [--quick] [--workdir DIR] [--seed S]
-           [--h5-points N] [--mem-points N] [--chunks K] [--chunk-points M]
+           [--h5-points N] [--subset-points N] [--mem-points N] [--chunks K]
+           [--chunk-points M] [--no-preread]
 
 ``--quick``: 1e6 HDF5 points (subset 1e5), 1e6 in memory, 20 chunks of 1e4.
 Exit status: 0 if all targets are met, 1 otherwise.
@@ -325,15 +329,18 @@ def child_mem_scipy(n, seed):
     base_peak, base_now = _peak_mib(), _rss_now_mib()
     cm, log = _record_warnings()
     t0 = time.perf_counter()
-    popt, pcov = curve_fit(gauss_np, x, y, p0=P0)
+    popt, pcov, info, _, _ = curve_fit(gauss_np, x, y, p0=P0, full_output=True)
     t_first = time.perf_counter() - t0
+    nfev = int(info["nfev"])
+    del info  # holds fvec and fjac (m x n): not kept alive during the second fit
     peak_first = _peak_mib()
     t0 = time.perf_counter()
     popt2, _ = curve_fit(gauss_np, x, y, p0=P0)
     t_second = time.perf_counter() - t0
     cm.__exit__(None, None, None)
     return dict(params=popt.tolist(), perr=np.sqrt(np.diag(pcov)).tolist(),
-                params_second=popt2.tolist(), first=t_first, second=t_second,
+                params_second=popt2.tolist(), nfev=nfev, first=t_first,
+                second=t_second,
                 base_peak=base_peak, base_now=base_now, peak_first=peak_first,
                 peak=_peak_mib(), warnings=_warn_summary(log))
 
@@ -438,8 +445,35 @@ def _fmt_compiles(c):
     if not c:
         return "no compilation"
     n = c.get("compile", [0, 0.0])[0]
-    return (f"{n} programs compiled: " + ", ".join(f"{k} {t:.2f} s" for k, (_, t) in
+    return (f"{n} program(s) compiled: " + ", ".join(f"{k} {t:.2f} s" for k, (_, t) in
                                                   sorted(c.items())))
+
+
+def _page_cache(path):
+    """Resident part of ``path`` in the page cache (util-linux ``fincore``)."""
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES,SIZE",
+                              path], capture_output=True, text=True, timeout=60).stdout.split()
+        res, size = int(out[0]), int(out[1])
+        return f"{res / 1e9:.3f} of {size / 1e9:.3f} GB resident"
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return "unknown (no fincore)"
+
+
+def _preread(path, block=1 << 20):
+    """Read ``path`` once (into a reused buffer), so that the fit's passes read
+    from the page cache; returns (seconds, bytes)."""
+    buf = bytearray(block)
+    view = memoryview(buf)
+    total = 0
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            k = fh.readinto(view)
+            if not k:
+                break
+            total += k
+    return time.perf_counter() - t0, total
 
 
 def _loadavg():
@@ -467,6 +501,9 @@ def main(argv=None):
                    help="partial_fit chunks (default 100; 20 with --quick)")
     p.add_argument("--chunk-points", type=int, default=None,
                    help="points per partial_fit chunk (default 1e5; 1e4 with --quick)")
+    p.add_argument("--no-preread", action="store_true",
+                   help="do not read the HDF5 file once before the streaming fit (by default "
+                        "it is read, so that the passes come from the page cache)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--args", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -505,8 +542,14 @@ def main(argv=None):
     else:
         print(f"HDF5 file written in {w['seconds']:.1f} s: {h5_path} "
               f"({w['bytes'] / 1e9:.3f} GB, {w['layout']} datasets)")
+    print(f"  page cache before the pre-read: {_page_cache(h5_path)}")
+    if not args.no_preread:
+        secs, nbytes = _preread(h5_path)
+        print(f"  pre-read the file once (1 MiB blocks): {secs:.2f} s, "
+              f"{nbytes / secs / 1e9:.2f} GB/s; page cache now: {_page_cache(h5_path)}")
     sys.stdout.flush()
     st = run_child("stream_h5", path=h5_path, chunk_size=CHUNK_SIZE, tol=TIGHT)
+    print(f"  page cache after the streaming fit: {_page_cache(h5_path)}")
     pass_time = st["passes"] * st["n_points"] / st["pps"]
     print(f"streaming fit: {st['wall']:.2f} s, {st['passes']} passes, nfev {st['nfev']}, "
           f"n_iter {st['n_iter']}, status {st['status']} ({st['message']})")
@@ -539,7 +582,8 @@ def main(argv=None):
           f"{_fmt_compiles(sk['compiles_warm'])}")
     sys.stdout.flush()
     sp = run_child("mem_scipy", n=N_MEM, seed=args.seed)
-    print(f"scipy in memory ({N_MEM:.3g}): first {sp['first']:.3f} s, second {sp['second']:.3f} s; "
+    print(f"scipy in memory ({N_MEM:.3g}): first {sp['first']:.3f} s, second "
+          f"{sp['second']:.3f} s, nfev {sp['nfev']} (incl. finite-difference columns); "
           f"RSS after setup {sp['base_peak']:.1f} MiB (now {sp['base_now']:.1f}), after first "
           f"fit {sp['peak_first']:.1f}, end {sp['peak']:.1f}")
     sys.stdout.flush()
@@ -568,7 +612,8 @@ def main(argv=None):
           f"perr {rel_perr:.3e}")
     rel_sk_sp = max_rel(sk["params"], sp["params"])
     print(f"2. sknlsq vs scipy params: max rel diff {rel_sk_sp:.3e} "
-          f"(sknlsq {_fmt_p(sk['params'])}, scipy {_fmt_p(sp['params'])}); sknlsq cold vs warm fit identical: "
+          f"(sknlsq {_fmt_p(sk['params'])}, scipy {_fmt_p(sp['params'])}); "
+          f"sknlsq cold vs warm fit identical: "
           f"{sk['first_params'] == sk['params']}; nfev sknlsq {sk['nfev']}")
     for r in (pr, ps):
         t = np.array(r["times"])

@@ -341,10 +341,11 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
             m_hint = source.n_samples if source.n_samples is not None else cs
             data = {"token": np.int64(token), "m": np.float64(m_hint)}
             key = ("chunked-host", cs, nf)
-            whole = checkpoint is None and source.n_samples is not None
+            # Segmented programs even without checkpoints: with the host
+            # callback inside one whole-solve program, XLA:CPU faulted in
+            # fresh memory for every chunk (2x slower passes, measured).
             progs = _chunked_programs(pool, plan, st, int(refine), key,
-                                      partial(_callback_read_cached, cs, nf), data, steps,
-                                      whole=whole)
+                                      partial(_callback_read_cached, cs, nf), data, steps)
             with _readers_lock:
                 _readers[token] = reader
             with x64_for_host_callbacks(True):

@@ -39,6 +39,18 @@ def _xdata(X):
     return X[:, 0] if X.shape[1] == 1 else X.T
 
 
+def _checked_weights(sample_weight, X):
+    """``sample_weight`` validated by scikit-learn (float64, non-negative,
+    one per sample), every message naming the argument; None stays None."""
+    if sample_weight is None:
+        return None
+    try:
+        return _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                    ensure_non_negative=True)
+    except ValueError as exc:
+        raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
+
+
 class _ModelMixin:
     """What every estimator here shares: the model (``None``: the linear
     model, with zeros as ``p0``) and the names of its parameters."""
@@ -53,6 +65,11 @@ class _ModelMixin:
         if self.model is None:
             return ("intercept",) + tuple(f"coef_{j}" for j in range(n_features))
         return tuple(names)
+
+    def _evaluate(self, X, params):
+        """The model at validated ``X`` for one parameter vector, (n_samples,)."""
+        model, _ = self._model_and_p0(X.shape[1])
+        return np.broadcast_to(evaluate_model(model, _xdata(X), params), (X.shape[0],)).copy()
 
 
 class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
@@ -227,12 +244,7 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                 raise ValueError(f"X has {X.shape[0]} samples but y has {Y.shape[0]}.")
         else:
             X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64)
-        if sample_weight is not None:
-            try:
-                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                                     ensure_non_negative=True)
-            except ValueError as exc:  # name the argument in every message
-                raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
+        sample_weight = _checked_weights(sample_weight, X)
         model, p0 = self._model_and_p0(X.shape[1])
         if batched:
             return self._fit_batch(model, p0, X, Y, sample_weight)
@@ -291,14 +303,9 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        model, _ = self._model_and_p0(X.shape[1])
-        xdata = _xdata(X)
         if self.params_.ndim == 2:
-            cols = [np.broadcast_to(evaluate_model(model, xdata, p), (X.shape[0],))
-                    for p in self.params_]
-            return np.stack(cols, axis=1)
-        return np.broadcast_to(evaluate_model(model, xdata, self.params_),
-                               (X.shape[0],)).copy()
+            return np.stack([self._evaluate(X, p) for p in self.params_], axis=1)
+        return self._evaluate(X, self.params_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

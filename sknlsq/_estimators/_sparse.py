@@ -17,15 +17,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _model
 from .._config import x64
-from .._fit import evaluate_model, fit_curve
+from .._fit import fit_curve
 from .._pool import MemoryPool
 from .._sparse_fit import fit_global, fit_pattern
 from .._sparsity import detect_sparsity_pattern, estimate_memory_usage, validate_pattern
-from ._curve_fit import _ModelMixin, _xdata
+from ._curve_fit import _checked_weights, _ModelMixin, _xdata
 
 _DENSE_MAX_PARAMS = 200  # 'auto': at most this many parameters and ...
 _DENSE_MAX_FILL = 0.5  # ... at least this fraction of non-zeros: solve densely
@@ -190,14 +190,8 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             Fitted estimator.
         """
         X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64)
-        w = None  # unit weights
-        if sample_weight is not None:
-            try:
-                sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                          ensure_non_negative=True)
-            except ValueError as exc:
-                raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
-            w = np.sqrt(sw)
+        sw = _checked_weights(sample_weight, X)
+        w = None if sw is None else np.sqrt(sw)  # None: unit weights
         if self.group_column is not None:
             self._fit_global(X, y, w)
         else:
@@ -426,9 +420,7 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         if self.group_column is None:
-            model, _ = self._model_and_p0(X.shape[1])
-            return np.broadcast_to(evaluate_model(model, _xdata(X), self.params_),
-                                   (X.shape[0],)).copy()
+            return self._evaluate(X, self.params_)
         ids, feats = self._split_X(X)
         if np.any(ids != np.round(ids)):
             raise ValueError("group ids (`group_column` of X) must be integers.")

@@ -16,14 +16,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._fit import _bucket, evaluate_model
+from .._fit import _bucket
 from .._pool import MemoryPool
 from .._sources import ArraySource, ChunkSource, as_source
 from .._stream import (OnlineState, _settings_check, covariance_from_R, fit_chunked,
                        online_update)
-from ._curve_fit import _ModelMixin, _xdata
+from ._curve_fit import _checked_weights, _ModelMixin, _xdata
 
 
 def _is_source_like(X):
@@ -234,13 +234,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         else:
             X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64,
                                  ensure_all_finite=self.nan_policy == "raise")
-            if sample_weight is not None:
-                try:
-                    sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                                         ensure_non_negative=True)
-                except ValueError as exc:
-                    raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
-            source = ArraySource(X, y, sample_weight)
+            source = ArraySource(X, y, _checked_weights(sample_weight, X))
             n_samples = X.shape[0]
         chunk_size = int(self.chunk_size)
         if n_samples is not None:  # no chunk larger than the data needs
@@ -306,14 +300,8 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             self._validate_params()
         X, y = validate_data(self, X, y, reset=first_call, y_numeric=True, dtype=np.float64,
                              ensure_all_finite=self.nan_policy == "raise")
-        w = np.ones(X.shape[0])
-        if sample_weight is not None:
-            try:
-                sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                          ensure_non_negative=True)
-            except ValueError as exc:
-                raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
-            w = np.sqrt(sw)
+        sw = _checked_weights(sample_weight, X)
+        w = np.ones(X.shape[0]) if sw is None else np.sqrt(sw)
         if self.nan_policy == "omit":
             ok = np.isfinite(y) & np.all(np.isfinite(X), axis=1)
             X, y, w = X[ok], y[ok], w[ok]
@@ -357,9 +345,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        model, _ = self._model_and_p0(X.shape[1])
-        return np.broadcast_to(evaluate_model(model, _xdata(X), self.params_),
-                               (X.shape[0],)).copy()
+        return self._evaluate(X, self.params_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

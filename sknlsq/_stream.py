@@ -51,7 +51,7 @@ from ._fit import (DEFAULT_REFINE, EPS, FitResult, _check_common, _initialize_fe
 from ._pool import resolve_pool
 from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance, finish,
                        linearize, running, start)
-from ._sources import ChunkSource, check_chunk
+from ._sources import ChunkSource, _check_chunk_size, check_chunk
 
 CHECKPOINT_VERSION = 1
 
@@ -274,13 +274,6 @@ def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xto
     return dict(model_name=model_name, p0=p0, n=n, names=names, lb=lb, ub=ub,
                 has_bounds=has_bounds, method=method, use_jac_scale=use_jac_scale, xs=xs,
                 opts=opts, loss=loss)
-
-
-def _check_chunk_size(chunk_size):
-    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-            or chunk_size < 1):
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
-    return int(chunk_size)
 
 
 def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None,

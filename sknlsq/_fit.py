@@ -20,10 +20,12 @@ and 1033 points reuse one compiled program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,15 +62,33 @@ def _pointwise(model, xdata, p0, m):
     (catches normalisations and running sums over the data)."""
     k = min(4096, m // 2)
     try:
-        both = evaluate_model(model, xdata[..., :2 * k], p0)
-        halves = [evaluate_model(model, xdata[..., :k], p0),
-                  evaluate_model(model, xdata[..., k:2 * k], p0)]
-    except Exception:  # noqa: BLE001 - any failure: use the ordinary path
+        with x64():
+            # One compiled evaluation of all three (op-by-op evaluation would
+            # compile every operation of the model for each shape).
+            try:
+                prog = _pointwise_program(model, k)
+            except TypeError:  # an unhashable model object: no caching
+                prog = _pointwise_program.__wrapped__(model, k)
+            outs = prog(
+                np.ascontiguousarray(xdata[..., :2 * k], dtype=np.float64),
+                np.asarray(p0, dtype=np.float64))
+            both, *halves = (np.asarray(o, dtype=np.float64) for o in outs)
+    except Exception:  # noqa: BLE001 - any failure (not traceable...): ordinary path
         return False
     if both.shape != (2 * k,) or any(h.shape != (k,) for h in halves):
         return False
     return bool(np.allclose(both, np.concatenate(halves), rtol=1e-12, atol=0,
                             equal_nan=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _pointwise_program(model, k):
+    def three(x, p):
+        def ev(xx):
+            return jnp.asarray(model(xx, *[p[i] for i in range(p.shape[0])]), jnp.float64)
+        return ev(x), ev(x[..., :k]), ev(x[..., k:])
+
+    return jax.jit(three)
 
 
 _PAD_LIMIT = 1 << 22  # above this many points, fit the exact shape (no padding copy)
@@ -82,7 +102,10 @@ class FitResult:
     params: np.ndarray
     pcov: np.ndarray
     cost: float
-    fun: np.ndarray
+    # Weighted residuals at the solution. Chunked fits (data too large to
+    # form the Jacobian) hold a zero-argument function computing them
+    # instead: see `residuals`.
+    fun: Any
     nfev: int
     njev: int
     nit: int
@@ -98,6 +121,13 @@ class FitResult:
     def __post_init__(self):
         with np.errstate(invalid="ignore"):
             object.__setattr__(self, "perr", np.sqrt(np.diag(self.pcov)))
+
+    def residuals(self) -> np.ndarray:
+        """The weighted residual vector at the solution (computed on first
+        call where the fit ran in chunks)."""
+        if callable(self.fun):
+            object.__setattr__(self, "fun", self.fun())
+        return self.fun
 
 
 # --------------------------------------------------------------------------
@@ -527,7 +557,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
     weighting = "diag"
     L = None
-    w = np.ones(m)
+    w = np.broadcast_to(np.float64(1.0), (m,))  # unit weights, no m-sized allocation
     if sigma is not None:
         sigma = np.asarray(sigma, dtype=float)
         if sigma.size == 1 or sigma.shape == (m,):
@@ -565,15 +595,12 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                             max_nfev=max_nfev, refine=int(refine), pool=pool,
                             absolute_sigma=absolute_sigma, m_dof=m_dof,
                             stacklevel=stacklevel + 1)
-        fun = np.empty(m)
-        for i in range(0, m, _CHUNK_ROWS):
-            part = slice(i, i + _CHUNK_ROWS)
-            fun[part] = w[part] * (evaluate_model(model, xdata[..., part], res.params)
-                                   .reshape(-1) - ydata[part])
         if not res.cov_estimated and warn_cov:
             warnings.warn("Covariance of the parameters could not be estimated",
                           category=OptimizeWarning, stacklevel=stacklevel + 1)
-        return dataclasses.replace(res, fun=fun)
+        # The residual vector is as long as the data: computed only on request.
+        return dataclasses.replace(res, fun=partial(_chunked_residuals, model, xdata, ydata, w,
+                                                    res.params))
 
     # Padding to a shape bucket.
     axis = _sample_axis(xdata, m) if (x_is_array and xdata.ndim >= 1) else None
@@ -700,6 +727,24 @@ def _covariance(s, VT, cost, m, m_dof, n, method, absolute_sigma):
         else:
             return np.full((n, n), np.inf), False
     return pcov, True
+
+
+def _chunked_residuals(model, xdata, ydata, w, params):
+    """Weighted residuals at ``params``, evaluated in chunks of rows by one
+    compiled program (the lazy ``FitResult.fun`` of chunked fits)."""
+    m = ydata.shape[0]
+    cs = min(_CHUNK_ROWS, m)
+    with x64():
+        p = np.asarray(params, dtype=np.float64)
+        ev = jax.jit(lambda xx, q: jnp.asarray(model(xx, *[q[i] for i in range(q.shape[0])]),
+                                               jnp.float64).reshape(-1))
+        fun = np.empty(m)
+        for i in range(0, m, cs):
+            lo = min(i, m - cs)  # the last chunk overlaps: one shape, one compile
+            part = slice(lo, lo + cs)
+            fun[part] = w[part] * (np.asarray(ev(np.ascontiguousarray(xdata[..., part]), p))
+                                   - ydata[part])
+    return fun
 
 
 def evaluate_model(model, xdata, params):

@@ -184,7 +184,7 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
     if not res.success:
         raise RuntimeError("Optimal parameters not found: " + mesg)
     if full_output:
-        infodict = {"nfev": res.nfev, "njev": res.njev, "nit": res.nit, "fvec": res.fun}
+        infodict = {"nfev": res.nfev, "njev": res.njev, "nit": res.nit, "fvec": res.residuals()}
         return res.params, res.pcov, infodict, mesg, ier
     return res.params, res.pcov
 

@@ -174,3 +174,80 @@ def test_bucket_sizes():
     for m in range(1, 5000, 37):
         b = _bucket(m)
         assert m <= b <= max(16, 1.25 * m + 1)
+
+
+# --------------------------------------------------------------------------
+# Chunked linearisation: Householder TSQR pass vs preconditioned Gram pass
+# --------------------------------------------------------------------------
+
+
+def _chunked_poly(x, y, cs, loss="linear"):
+    """Cubic-polynomial-times-exponential model read in chunks of ``cs`` rows."""
+    from sknlsq._solvers import ChunkedProblem
+
+    def fun(p, d):
+        t = d["x"]
+        return (p[0] + p[1] * t + p[2] * t ** 2 + p[3] * t ** 3) * jnp.exp(-p[4] * t) - d["y"]
+
+    def fun_jac(p, d):
+        return fun(p, d), jax.jacfwd(fun)(p, d)
+
+    M = x.size
+
+    def read(k, data):
+        start = jnp.minimum(k * cs, M - cs)
+        fresh = start + jnp.arange(cs) >= k * cs
+        take = partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=cs)
+        # Rows already counted by the chunk before get zero residual and slope.
+        chunk = {"x": take(data["x"]), "y": take(data["y"])}
+        return jax.tree_util.tree_map(lambda a: a, chunk), (k + 1) * cs < M, fresh
+
+
+    def fun_m(p, d):
+        return jnp.where(d["fresh"], fun(p, d), 0.0)
+
+    def read_m(k, data):
+        chunk, more, fresh = read(k, data)
+        return dict(chunk, fresh=fresh), more
+
+    def fun_jac_m(p, d):
+        return fun_m(p, d), jax.jacfwd(fun_m)(p, d)
+
+    return ChunkedProblem(fun_m, fun_jac_m, read_m, loss), {"x": x, "y": y, "m": np.float64(M)}
+
+
+@pytest.mark.parametrize("shift", [0.0, 5.0], ids=["kappa~1e3", "kappa~1e7"])
+@pytest.mark.parametrize("loss", ["linear", "soft_l1"])
+def test_gram_pass_matches_householder_pass(shift, loss):
+    """The Gram pass (used once a previous R is known) gives the same
+    linearisation as the Householder TSQR pass: with a good hint through its
+    own dot products, and with a poor one (here the identity on a badly
+    conditioned Jacobian) by falling back to the Householder pass."""
+    from sknlsq._solvers import linearize
+
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(shift, shift + 1, 5000))
+    p = np.array([1.0, -0.5, 0.2, -0.01, 0.3])
+    y = (p[0] + p[1] * x + p[2] * x ** 2 + p[3] * x ** 3) * np.exp(-p[4] * x) \
+        + 0.01 * rng.standard_normal(x.size)
+    problem, data = _chunked_poly(x, y, 700, loss)
+    p_near = p * (1 + 1e-3 * rng.standard_normal(p.size))
+    with jax.enable_x64(True):
+        lin = jax.jit(lambda q, h: linearize(problem, q, data, 1.0, hint=h))
+        ref = jax.device_get(jax.jit(lambda q: linearize(problem, q, data, 1.0))(p))
+        hint_good = jax.device_get(jax.jit(lambda q: linearize(problem, q, data, 1.0))(p_near)).R
+        for hint in (hint_good, np.eye(5)):
+            got = jax.device_get(lin(p, hint))
+            A_ref, A_got = ref.R.T @ ref.R, got.R.T @ got.R
+            np.testing.assert_allclose(A_got, A_ref, rtol=1e-9, atol=1e-12 * np.abs(A_ref).max())
+            np.testing.assert_allclose(got.g, ref.g, rtol=1e-9, atol=1e-12 * np.abs(ref.g).max())
+            np.testing.assert_allclose(got.R.T @ got.qtf, got.g, rtol=1e-9,
+                                       atol=1e-12 * np.abs(ref.g).max())
+            np.testing.assert_allclose(got.cost, ref.cost, rtol=1e-12)
+            # What the solvers use R for: Gauss-Newton steps and the covariance,
+            # whose accuracy a plain Gram matrix would lose on the second case.
+            step_ref = np.linalg.solve(ref.R, ref.qtf)
+            np.testing.assert_allclose(np.linalg.solve(got.R, got.qtf), step_ref, rtol=1e-6)
+            cov_ref = np.linalg.inv(A_ref)
+            np.testing.assert_allclose(np.linalg.inv(A_got), cov_ref, rtol=1e-6,
+                                       atol=1e-9 * np.abs(cov_ref).max())

@@ -120,7 +120,7 @@ def step(state: DogboxState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     def accepted(_):
         ob = jnp.where(free, hits, on_bound)
         xn = jnp.where(ob == -1, lb, jnp.where(ob == 1, ub, x_new))
-        lin = linearize(problem, xn, data, opts.f_scale)
+        lin = linearize(problem, xn, data, opts.f_scale, hint=state.R)
         si = jac_scale(lin.R, scale_inv)[1] if use_jac_scale else scale_inv
         return xn, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, si, ob, _g_norm(ob, lin.g)
 

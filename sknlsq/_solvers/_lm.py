@@ -111,7 +111,7 @@ def step(state: LMState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     accept = finite & (ratio >= 1e-4)
 
     def accepted(_):
-        lin = linearize(problem, x_new, data, opts.f_scale)
+        lin = linearize(problem, x_new, data, opts.f_scale, hint=state.R)
         diag = jnp.maximum(D, column_norms(lin.R)) if use_jac_scale else D
         return (x_new, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, diag,
                 norm(D * x_new), _gnorm(lin.cost, lin.g, lin.R))

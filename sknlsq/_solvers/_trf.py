@@ -172,7 +172,7 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     accept = finite & (actual > 0)
 
     def accepted(_):
-        lin = linearize(problem, x_new, data, opts.f_scale)
+        lin = linearize(problem, x_new, data, opts.f_scale, hint=state.R)
         si = jac_scale(lin.R, scale_inv)[1] if use_jac_scale else scale_inv
         return (x_new, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, si,
                 _g_norm(x_new, lin.g, lb, ub, has_bounds))

@@ -33,9 +33,9 @@ the solvers pass the ``R`` of the previous linearisation as a *hint*
 ``P``; the pass then accumulates the Gram matrix of ``B = J P^{-1}``
 (plus ``B^T f`` and the cost) with plain dot products, and ``R = chol(B^T
 B)^T P``. Near ``x_prev``, ``B`` is close to orthonormal, so squaring its
-condition number costs nothing (CholeskyQR with a preconditioner, as in
-"shifted/preconditioned CholeskyQR" of Fukaya et al., 2020). The pass
-checks that: where the 1-norm condition number of ``chol(B^T B)`` exceeds
+condition number costs nothing: this is CholeskyQR with a preconditioner,
+the idea behind CholeskyQR2 and shifted CholeskyQR (Yamamoto et al., 2015;
+Fukaya et al., SIAM J. Sci. Comput. 42, 2020). The pass checks it: where the 1-norm condition number of ``chol(B^T B)`` exceeds
 ``GRAM_KAPPA_MAX`` (or ``P`` is numerically singular), the linearisation is
 redone with the Householder pass, so accuracy never depends on the hint.
 """
@@ -98,9 +98,10 @@ class Linearization(NamedTuple):
 
 
 def linearize(problem, x, data, f_scale, hint=None) -> Linearization:
-    """Linearise at ``x``. ``hint``: the ``R`` of a nearby linearisation (a
-    preconditioner for the Gram pass of a chunked problem; ignored
-    otherwise)."""
+    """Linearise at ``x``. ``hint``: the ``R`` of a nearby linearisation, the
+    preconditioner of the Gram pass of a chunked problem (ignored otherwise:
+    in memory, the m x n Jacobian exists anyway and the Gram reduction was
+    measured no faster than LAPACK's QR of it)."""
     if isinstance(problem, ChunkedProblem):
         if hint is None:
             return _linearize_chunked(problem, x, data, f_scale)
@@ -114,6 +115,60 @@ def linearize(problem, x, data, f_scale, hint=None) -> Linearization:
         cost = cost + 0.5 * jnp.dot(rp, rp)
     R, qtf = qr_reduce(Js, fs)
     return Linearization(f, cost, R, qtf, R.T @ qtf)
+
+
+# --------------------------------------------------------------------------
+# Preconditioned Gram reduction
+# --------------------------------------------------------------------------
+
+
+def _n_upper(P):
+    n = P.shape[0]
+    return n * (n + 1) // 2
+
+
+def _preconditioner(hint):
+    """``(P, usable)``: the hint, or the identity where it is numerically
+    singular (``usable`` False: the caller must not rely on the Gram pass)."""
+    n = hint.shape[0]
+    d = jnp.abs(jnp.diagonal(hint))
+    usable = jnp.all(jnp.isfinite(hint)) & (jnp.min(d) > 1e-8 * jnp.max(d))
+    return jnp.where(usable, hint, jnp.eye(n, dtype=hint.dtype)), usable
+
+
+def _gram_update(Gu, h, Js, fs, P):
+    """Add the rows ``(Js, fs)`` to the upper triangle ``Gu`` of ``B^T B`` and
+    to ``h = B^T fs``, with ``B = Js P^{-1}`` (P upper triangular). The
+    columns of ``B`` are formed element-wise so that XLA fuses them into the
+    dot products."""
+    n = P.shape[0]
+    b = []
+    for j in range(n):
+        v = Js[:, j]
+        for i in range(j):
+            v = v - b[i] * P[i, j]
+        b.append(v / P[j, j])
+    Gu = Gu + jnp.stack([jnp.dot(b[i], b[j]) for i in range(n) for j in range(i, n)])
+    h = h + jnp.stack([jnp.dot(b[i], fs) for i in range(n)])
+    return Gu, h
+
+
+def _gram_finish(Gu, h, P):
+    """``(ok, R, qtf, g)`` from the accumulated Gram matrix of ``B = J P^{-1}``:
+    ``R = chol(B^T B)^T P``, ``qtf = R^{-T} J^T f``, ``g = J^T f = P^T h``.
+    ``ok`` is False where ``chol(B^T B)`` is too ill-conditioned for ``R`` to
+    be accurate (then the caller redoes the reduction by Householder QR);
+    non-finite sums count as ok (Householder would not do better)."""
+    n = P.shape[0]
+    dtype = P.dtype
+    rows, cols = zip(*[(i, j) for i in range(n) for j in range(i, n)])
+    G = jnp.zeros((n, n), dtype).at[rows, cols].set(Gu).at[cols, rows].set(Gu)
+    L = jnp.linalg.cholesky(G)
+    Linv = jax.scipy.linalg.solve_triangular(L, jnp.eye(n, dtype=dtype), lower=True)
+    kappa = jnp.max(jnp.sum(jnp.abs(L), axis=0)) * jnp.max(jnp.sum(jnp.abs(Linv), axis=0))
+    inputs_ok = jnp.all(jnp.isfinite(G)) & jnp.all(jnp.isfinite(h))
+    ok = ~inputs_ok | (jnp.isfinite(kappa) & (kappa <= GRAM_KAPPA_MAX))
+    return ok, L.T @ P, Linv @ h, P.T @ h
 
 
 def _prior(x, data):
@@ -177,48 +232,27 @@ def _linearize_chunked(problem, x, data, f_scale):
     return Linearization(marker, cost, R, qtf, R.T @ qtf)
 
 
-def _linearize_chunked_gram(problem, x, data, f_scale, P):
+def _linearize_chunked_gram(problem, x, data, f_scale, hint):
     """Linearisation by the Gram matrix of ``J P^{-1}``, one pass; falls back
     to :func:`_linearize_chunked` where that would lose accuracy."""
     n = x.shape[0]
     dtype = x.dtype
-    d = jnp.abs(jnp.diagonal(P))
-    usable = jnp.all(jnp.isfinite(P)) & (jnp.min(d) > 1e-8 * jnp.max(d))
-    P = jnp.where(usable, P, jnp.eye(n, dtype=dtype))
-    iu = [(i, j) for i in range(n) for j in range(i, n)]
+    P, usable = _preconditioner(hint)
 
     def update(acc, chunk):
-        G, h, cost, finite = acc
+        Gu, h, cost, finite = acc
         f, J = problem.fun_jac(x, chunk)
         c, Js, fs = scale_for_loss(problem.loss, J, f, f_scale)
-        # Columns of B = Js P^{-1} (P upper triangular), element-wise, so that
-        # XLA fuses them into the dot products below.
-        b = []
-        for j in range(n):
-            v = Js[:, j]
-            for i in range(j):
-                v = v - b[i] * P[i, j]
-            b.append(v / P[j, j])
-        G = G + jnp.stack([jnp.dot(b[i], b[j]) for i, j in iu])
-        h = h + jnp.stack([jnp.dot(b[i], fs) for i in range(n)])
-        return G, h, cost + c, finite & jnp.all(jnp.isfinite(f))
+        Gu, h = _gram_update(Gu, h, Js, fs, P)
+        return Gu, h, cost + c, finite & jnp.all(jnp.isfinite(f))
 
     def gram(_):
-        init = (jnp.zeros((len(iu),), dtype), jnp.zeros((n,), dtype), jnp.zeros((), dtype),
-                jnp.asarray(True))
+        init = (jnp.zeros((_n_upper(P),), dtype), jnp.zeros((n,), dtype),
+                jnp.zeros((), dtype), jnp.asarray(True))
         Gu, h, cost, finite = _over_chunks(problem, data, init, update)
-        rows, cols = zip(*iu)
-        G = jnp.zeros((n, n), dtype).at[rows, cols].set(Gu).at[cols, rows].set(Gu)
-        L = jnp.linalg.cholesky(G)
-        Linv = jax.scipy.linalg.solve_triangular(L, jnp.eye(n, dtype=dtype), lower=True)
-        kappa = jnp.max(jnp.sum(jnp.abs(L), axis=0)) * jnp.max(jnp.sum(jnp.abs(Linv), axis=0))
-        inputs_ok = jnp.all(jnp.isfinite(G)) & jnp.all(jnp.isfinite(h))
-        # Non-finite sums (a non-finite Jacobian) would defeat Householder too.
-        ok = ~inputs_ok | (jnp.isfinite(kappa) & (kappa <= GRAM_KAPPA_MAX))
-        R = L.T @ P
-        qtf = Linv @ h
+        ok, R, qtf, g = _gram_finish(Gu, h, P)
         marker = jnp.where(finite, 0.0, jnp.nan).astype(dtype)[None]
-        return ok, Linearization(marker, cost, R, qtf, P.T @ h)
+        return ok, Linearization(marker, cost, R, qtf, g)
 
     def skip(_):
         z = jnp.zeros((n,), dtype)

@@ -97,6 +97,13 @@ class Linearization(NamedTuple):
     g: Any  # (n,) gradient J^T f
 
 
+def per_step_overhead_matters(problem) -> bool:
+    """False for chunked problems: each step makes passes over the data, so
+    the solvers prefer LAPACK kernels (quicker to compile) to the unrolled
+    small-matrix ones (quicker to run)."""
+    return not isinstance(problem, ChunkedProblem)
+
+
 def linearize(problem, x, data, f_scale, hint=None) -> Linearization:
     """Linearise at ``x``. ``hint``: the ``R`` of a nearby linearisation, the
     preconditioner of the Gram pass of a chunked problem (ignored otherwise:

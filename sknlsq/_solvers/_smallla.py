@@ -372,14 +372,17 @@ def qr_r_auto(A, *, batched=False):
     return jnp.linalg.qr(A, mode="r")
 
 
-def svd_auto(A, *, batched=False):
+def svd_auto(A, *, batched=False, small=True):
     """Drop-in for ``jnp.linalg.svd(A, full_matrices=False)`` returning
     ``(U, s, Vt)``: one-sided Jacobi (``svd_small``) for small static shapes
     (``use_small(min(p, n), batched=batched)`` and ``max(p, n) <= 2 min(p, n)``),
-    LAPACK otherwise."""
+    LAPACK otherwise. ``small=False`` always takes LAPACK: for callers whose
+    steps are dominated by passes over data (chunked fits), where the few
+    microseconds the unrolled kernel saves per step do not matter but its
+    compile time (about 0.3 s of a chunked solver program) does."""
     p, n = A.shape
     r = min(p, n)
-    if use_small(r, batched=batched) and max(p, n) <= 2 * r:
+    if small and use_small(r, batched=batched) and max(p, n) <= 2 * r:
         return svd_small(A)
     U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
     return U, s, Vt

@@ -411,11 +411,10 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
         plan, _ = _plan(model, x[..., :cs], True, st["n"], cs, cs, (cs,), (cs,), None,
                         "2-point", None, False, st["p0"], st["lb"], st["ub"], -1,
                         stacklevel + 1)
-        # One device copy for all the passes (each call would convert again).
-        data = {"x": jax.device_put(x), "y": jax.device_put(y), "w": jax.device_put(w),
-                "m": np.float64(M)}
-        progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs),
-                                  partial(_device_reader, cs), data, None, whole=True)
+        data, offsets = _aligned_data(x, y, w, cs)
+        progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs, offsets),
+                                  partial(_device_reader, cs, M, offsets), data, None,
+                                  whole=True)
         _model.reset_host_error()
         with x64_for_host_callbacks(plan.uses_host):
             sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
@@ -429,18 +428,66 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
                    resumed=False)
 
 
-def _device_reader(cs):
+_ALIGN = 64  # bytes: the CPU runtime aliases host buffers aligned to this, else copies
+
+
+def _aligned_data(x, y, w, cs):
+    """The arrays of an in-memory chunked fit, arranged so that the compiled
+    call can use the caller's memory instead of a copy.
+
+    The CPU runtime aliases a host array only if it starts on a 64-byte
+    boundary, and NumPy's large arrays usually start 16 bytes past one. So
+    each 1-D array is passed as its aligned tail ``a[off:]`` (``off`` <= 7
+    rows, a view) plus a copy of its first chunk ``a[:cs]``, which chunk 0
+    reads instead. Returns ``(data, offsets)``; ``offsets`` (static) enter
+    the program key. 2-D ``x`` (several features) is passed whole.
+    """
+    M = y.shape[0]
+    data, offsets = {"m": np.float64(M)}, []
+    for name, a in (("x", x), ("y", y), ("w", w)):
+        a = a if a.ndim == 0 else np.ascontiguousarray(a)
+        off = 0
+        if a.ndim == 1 and M >= cs + _ALIGN // 8 and a.ctypes.data % 8 == 0:
+            off = (-a.ctypes.data % _ALIGN) // 8
+        if a.ndim == 1 and M >= cs + _ALIGN // 8:
+            data[name + "_head"] = a[:cs].copy()
+            data[name] = a[off:]
+        else:
+            data[name] = a
+            off = None  # no head: slice the array as it is
+        offsets.append(off)
+    return data, tuple(offsets)
+
+
+def _device_reader(cs, M, offsets):
+    """Chunk ``k`` of in-memory data laid out by :func:`_aligned_data`."""
+    offs = dict(zip(("x", "y", "w"), offsets))
+
     def read(k, data):
-        M = data["y"].shape[0]
         first = k * cs
         start = jnp.minimum(first, M - cs)
-        take = partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=cs,
-                       axis=-1)
         fresh = start + jnp.arange(cs) >= first  # rows not counted by the chunk before
-        w = data["w"]
-        w = take(w) if w.ndim else jnp.broadcast_to(w, (cs,))
-        chunk = {"x": take(data["x"]), "y": take(data["y"]), "w": jnp.where(fresh, w, 0.0)}
-        return chunk, first + cs < M
+
+        def rows(name, from_head):
+            a, off = data[name], offs[name]
+            if a.ndim == 0:
+                return jnp.broadcast_to(a, (cs,))
+            if off is None:
+                return jax.lax.dynamic_slice_in_dim(a, start, cs, axis=-1)
+            if from_head:
+                return data[name + "_head"]
+            # k >= 1 here, so start >= min(cs, M - cs) >= off.
+            return jax.lax.dynamic_slice_in_dim(a, start - off, cs, axis=-1)
+
+        def chunk(from_head):
+            return {name: rows(name, from_head) for name in ("x", "y", "w")}
+
+        if all(offs[name] is None or data[name].ndim == 0 for name in offs):
+            c = chunk(False)
+        else:
+            c = jax.lax.cond(k == 0, lambda _: chunk(True), lambda _: chunk(False), None)
+        c["w"] = jnp.where(fresh, c["w"], 0.0)
+        return c, first + cs < M
 
     return read
 

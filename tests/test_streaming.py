@@ -413,6 +413,37 @@ def test_curve_fit_above_the_jacobian_budget_runs_in_chunks(monkeypatch, setting
     np.testing.assert_allclose(got[2]["fvec"], ref[2]["fvec"], rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("shift", [0, 1, 3], ids=["offset0", "offset1", "offset3"])
+def test_large_in_memory_fit_reads_the_callers_arrays_in_place(monkeypatch, shift):
+    """More rows than one chunk: each array is read through its 64-byte
+    aligned tail plus a copy of its first chunk (see _stream._aligned_data);
+    the fit equals the full-Jacobian fit whatever the arrays' alignment."""
+    from sknlsq._fit import _CHUNK_ROWS
+
+    m = _CHUNK_ROWS + 1003
+    rng = np.random.default_rng(5)
+    xb, yb, sb = (np.empty(m + 8) for _ in range(3))
+    x, y, sigma = xb[shift:shift + m], yb[2 * shift % 8:2 * shift % 8 + m], sb[:m]
+    x[:] = rng.uniform(0, 10, m)
+    sigma[:] = 0.05 + 0.01 * x
+    y[:] = np.asarray(gauss(x, 3.0, 5.0, 1.2, 0.5)) + sigma * rng.standard_normal(m)
+    kw = dict(p0=P0, sigma=sigma, ftol=1e-12, xtol=1e-12)
+    ref = curve_fit(gauss, x, y, **kw)
+    import sknlsq._stream as stream
+
+    seen = []
+    original = stream._aligned_data
+    monkeypatch.setattr(stream, "_aligned_data",
+                        lambda *a: seen.append(original(*a)) or seen[-1])
+    monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "4096")
+    got = curve_fit(gauss, x, y, **kw)
+    data, offsets = seen[0]
+    assert offsets[1] is not None and data["y"].ctypes.data % 64 == 0
+    assert np.shares_memory(data["y"], y)
+    assert _rel(got[0], ref[0]) < 1e-9
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
+
+
 def _normalised(x, a, b):
     # Not point-wise: depends on the whole array through x.max().
     return a * jnp.exp(-b * x / jnp.max(x))

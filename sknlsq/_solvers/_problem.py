@@ -35,9 +35,10 @@ the solvers pass the ``R`` of the previous linearisation as a *hint*
 B)^T P``. Near ``x_prev``, ``B`` is close to orthonormal, so squaring its
 condition number costs nothing: this is CholeskyQR with a preconditioner,
 the idea behind CholeskyQR2 and shifted CholeskyQR (Yamamoto et al., 2015;
-Fukaya et al., SIAM J. Sci. Comput. 42, 2020). The pass checks it: where the 1-norm condition number of ``chol(B^T B)`` exceeds
-``GRAM_KAPPA_MAX`` (or ``P`` is numerically singular), the linearisation is
-redone with the Householder pass, so accuracy never depends on the hint.
+Fukaya et al., SIAM J. Sci. Comput. 42, 2020). The pass checks it: where
+the 1-norm condition number of ``chol(B^T B)`` exceeds ``GRAM_KAPPA_MAX``
+(or ``P`` is numerically singular), the linearisation is redone with the
+Householder pass, so accuracy never depends on the hint.
 """
 
 from __future__ import annotations

@@ -444,6 +444,33 @@ def test_large_in_memory_fit_reads_the_callers_arrays_in_place(monkeypatch, shif
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
 
 
+def test_large_in_memory_fit_with_two_features_and_weights(monkeypatch):
+    """2-D ``xdata`` is sliced as a whole while ``y`` and the weights use the
+    aligned-tail layout; with sample weights (zero for some rows)."""
+    from sknlsq._fit import _CHUNK_ROWS
+
+    m = _CHUNK_ROWS + 5003
+    rng = np.random.default_rng(9)
+    X = rng.uniform(0, 3, (m, 2))
+    y = np.asarray(plane_decay(X.T, 2.0, 1.3, 0.7)) + 0.01 * rng.standard_normal(m)
+    sw = rng.uniform(0.5, 2.0, m)
+    sw[::97] = 0.0
+    ref = CurveFitRegressor(plane_decay, p0=[1, 1, 0], ftol=1e-12, xtol=1e-12).fit(
+        X, y, sample_weight=sw)
+    import sknlsq._stream as stream
+
+    seen = []
+    original = stream._aligned_data
+    monkeypatch.setattr(stream, "_aligned_data",
+                        lambda *a: seen.append(original(*a)) or seen[-1])
+    monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "4096")
+    got = CurveFitRegressor(plane_decay, p0=[1, 1, 0], ftol=1e-12, xtol=1e-12).fit(
+        X, y, sample_weight=sw)
+    assert seen and seen[0][1][0] is None and seen[0][1][1] is not None  # x whole, y tail
+    assert _rel(got.params_, ref.params_) < 1e-9
+    np.testing.assert_allclose(got.pcov_, ref.pcov_, rtol=1e-6)
+
+
 def _normalised(x, a, b):
     # Not point-wise: depends on the whole array through x.max().
     return a * jnp.exp(-b * x / jnp.max(x))

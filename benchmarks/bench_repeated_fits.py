@@ -20,7 +20,12 @@ Usage, from the repository root::
            [--profile N]
 
 ``--profile N`` additionally runs N warm sknlsq fits under cProfile and
-prints the top entries by cumulative time.
+prints the top entries by cumulative time. ``--sync-dispatch`` sets JAX's
+``jax_cpu_enable_async_dispatch`` to False before the first fit (a process-wide
+JAX setting, off by default in JAX and never touched by sknlsq itself): the
+CPU runtime then runs each compiled program on the calling thread instead of
+handing it to a worker thread and waking the caller when it is done, which
+on a small VM costs more than a small fit's arithmetic.
 Exit status: 0 if the target is met, 1 otherwise.
 """
 
@@ -85,8 +90,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also cProfile N warm sknlsq fits")
+    p.add_argument("--sync-dispatch", action="store_true",
+                   help="set jax_cpu_enable_async_dispatch=False first (see the docstring)")
     args = p.parse_args(argv)
     n_fits = args.n_fits or (40 if args.quick else 200)
+    if args.sync_dispatch:
+        import jax
+
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
 
     datasets = make_datasets(n_fits + 1, args.seed)  # +1: the warm-up dataset
     warm, datasets = datasets[0], datasets[1:]
@@ -95,6 +106,8 @@ def main(argv=None):
         "datasets": f"{n_fits} (+1 warm-up), lengths {lengths.min()}..{lengths.max()} "
                     f"(uniform in [500, 2000], seed {args.seed})",
         "model": "a*exp(-b*x) + c, 3 params, p0 = (1, 1, 0), default settings",
+        "JAX CPU dispatch": "synchronous (--sync-dispatch)" if args.sync_dispatch
+                            else "asynchronous (JAX's default)",
     })
 
     sk_times, sp_times, compiled = [], [], []

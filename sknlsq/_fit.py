@@ -188,20 +188,49 @@ def _make_problem(plan, weighting, loss, use_fwd):
     return Problem(fun, fun_jac, loss)
 
 
+def _pack_args(p0, lb, ub, x_scale, opts):
+    """The small arguments of a fit as one float64 vector: each argument of a
+    compiled call costs a host-to-device conversion of its own (~6 us on a
+    CPU), more than a small solve's step."""
+    tail = np.array([opts.ftol, opts.xtol, opts.gtol, opts.max_nfev, opts.f_scale,
+                     opts.factor], dtype=np.float64)
+    return np.concatenate([p0, lb, ub, x_scale, tail])
+
+
+def _unpack_args(theta, n):
+    """Inverse of :func:`_pack_args`, inside the compiled program."""
+    p0, lb, ub, xs = (theta[i * n:(i + 1) * n] for i in range(4))
+    t = theta[4 * n:]
+    opts = Options(t[0], t[1], t[2], t[3].astype(jnp.int32), t[4], t[5])
+    return p0, lb, ub, xs, opts
+
+
 def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
                      use_jac_scale, refine, args):
-    """The compiled whole-fit program for these settings and argument shapes."""
-    shapes = tuple((k, np.shape(v), np.asarray(v).dtype.str)
-                   for k, v in sorted(args[1].items()))
+    """The compiled whole-fit program for these settings and argument shapes.
+
+    ``args = (theta, data)``: :func:`_pack_args`'s vector and the data dict,
+    whose ``"xyw"`` entry (if present) stacks 1-D ``x``, ``y`` and ``w``."""
+    theta, data = args
+    n = (theta.shape[0] - 6) // 4
+    shapes = tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(data.items()))
     key = ("curve_fit", plan.key, plan.out_shape if plan.mode == "host" else None,
-           weighting, loss, use_fwd, method, has_bounds, use_jac_scale, refine,
-           np.shape(args[0]), shapes)
+           weighting, loss, use_fwd, method, has_bounds, use_jac_scale, refine, n, shapes)
 
     def build():
         problem = _make_problem(plan, weighting, loss, use_fwd)
         run = partial(solve, problem, method=method, has_bounds=has_bounds,
                       use_jac_scale=use_jac_scale, refine=refine)
-        return compile_lowered(jax.jit(lambda *a: _pack(run(*a))).lower(*args))
+
+        def program(theta, data):
+            p0, lb, ub, xs, opts = _unpack_args(theta, n)
+            if "xyw" in data:
+                data = dict(data)
+                xyw = data.pop("xyw")
+                data.update(x=xyw[0], y=xyw[1], w=xyw[2])
+            return _pack(run(p0, data, lb, ub, xs, opts))
+
+        return compile_lowered(jax.jit(program).lower(*args))
 
     return pool.program(key, build)
 
@@ -625,7 +654,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                                m_pad, axis)
             # NumPy arrays go straight to the compiled executable; converting
             # them to jax arrays first would cost more than a small solve.
-            args = (np.asarray(p0, dtype=np.float64), data, lb, ub, x_scale_arr, opts)
+            args = (_pack_args(np.asarray(p0, dtype=np.float64), lb, ub, x_scale_arr, opts),
+                    data)
             solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
                                       has_bounds, use_jac_scale, int(refine), args)
             _model.reset_host_error()
@@ -662,20 +692,32 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
     """The data arrays for the solver, padded to ``m_pad`` in pooled buffers.
 
     Padding rows repeat the last point (so the model stays finite there) and
-    get zero weight. Buffers are appended to ``lent`` for the caller to
-    release once the compiled program has returned.
+    get zero weight. A 1-D ``x`` is stacked with ``y`` and the weights into
+    one ``(3, m_pad)`` buffer (one argument of the compiled call instead of
+    three). Buffers are appended to ``lent`` for the caller to release once
+    the compiled program has returned.
     """
-    if m_pad == m:
-        data = {"x": np.zeros(()) if x is None else x, "y": y, "w": w}
-        if L is not None:
-            data["L"] = L
-        return data
-
     def buffer(shape):
         buf = pool.acquire(shape)
         lent.append(buf)
         return buf
 
+    stack = x is not None and x.ndim == 1 and axis == 0 and L is None and m_pad <= _PAD_LIMIT
+    if m_pad == m and not stack:
+        data = {"x": np.zeros(()) if x is None else x, "y": y, "w": w}
+        if L is not None:
+            data["L"] = L
+        return data
+    if stack:
+        # One argument instead of three (see _pack_args).
+        xyw = buffer((3, m_pad))
+        xyw[0, :m] = x
+        xyw[0, m:] = x[-1]
+        xyw[1, :m] = y
+        xyw[1, m:] = y[-1]
+        xyw[2, :m] = w
+        xyw[2, m:] = 0.0
+        return {"xyw": xyw}
     yb = buffer((m_pad,))
     yb[:m] = y
     yb[m:] = y[-1]

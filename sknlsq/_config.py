@@ -9,7 +9,10 @@ cached per x64 state by JAX itself, so this costs nothing on repeated fits.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
+
+import numpy as np
 
 import jax
 
@@ -85,3 +88,26 @@ def compile_lowered(lowered):
         except Exception:  # an XLA without this option: compile as is from now on
             _options_ok = False
     return lowered.compile()
+
+
+# How long the caller polls for a compiled program's result before it blocks.
+_SPIN_SECONDS = 0.002
+
+
+def fetch(out, spin=True):
+    """``np.asarray(out)`` for the result of a compiled call.
+
+    JAX's CPU runtime runs a program (one with loops) on a worker thread;
+    a caller that blocks on the result is put to sleep and woken when it is
+    ready, which on a small VM costs tens of microseconds, a sizeable part of
+    a small fit. With ``spin`` the caller polls ``is_ready()`` for up to
+    ``_SPIN_SECONDS`` first. Never spin on a program with host callbacks:
+    they need the interpreter lock that the polling thread holds.
+    """
+    if spin:
+        ready = getattr(out, "is_ready", None)
+        if ready is not None and not ready():
+            deadline = time.perf_counter() + _SPIN_SECONDS
+            while not ready() and time.perf_counter() < deadline:
+                pass
+    return np.asarray(out)

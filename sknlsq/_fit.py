@@ -34,7 +34,7 @@ from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
 from . import _model
-from ._config import compile_lowered, x64, x64_for_host_callbacks
+from ._config import compile_lowered, fetch, x64, x64_for_host_callbacks
 from ._pool import resolve_pool
 from ._solvers import LOSSES, MESSAGES, NONFINITE_X0, Options, Problem, solve
 
@@ -660,7 +660,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                                       has_bounds, use_jac_scale, int(refine), args)
             _model.reset_host_error()
             with x64_for_host_callbacks(plan.uses_host):
-                sol = _unpack(np.asarray(solver(*args)), n)
+                sol = _unpack(fetch(solver(*args), spin=not plan.uses_host), n)
         finally:
             for buf in lent:
                 pool.release(buf)

@@ -251,6 +251,21 @@ def _bucket(m):
     return 2 * e  # pragma: no cover
 
 
+def _unbounded(bounds):
+    """Whether ``bounds`` is the default ``(-inf, inf)`` as two floats."""
+    return (type(bounds) is tuple and len(bounds) == 2 and type(bounds[0]) is float
+            and type(bounds[1]) is float and bounds[0] == -np.inf and bounds[1] == np.inf)
+
+
+_ONE = np.ones(1).tobytes()
+
+
+def _unit_weights(m):
+    """``m`` unit weights as a read-only view of one float (no m-sized
+    allocation; quicker than ``np.broadcast_to``)."""
+    return np.ndarray((m,), dtype=np.float64, buffer=_ONE, strides=(0,))
+
+
 def _prepare_bounds(bounds, n):
     from scipy.optimize import Bounds
 
@@ -500,14 +515,20 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         if n == 0:
             raise ValueError("`p0` must not be empty.")
         names = _model.parameter_names(model, n)
-        if not np.all(np.isfinite(p0)):
+        if not np.isfinite(p0).all():
             raise ValueError("`p0` must contain only finite values.")
-    lb, ub = _prepare_bounds(bounds, n)
-    if p0 is None:
-        p0 = _initialize_feasible(lb, ub)
-    if np.any((p0 < lb) | (p0 > ub)):
-        raise ValueError("`p0` is infeasible: it lies outside `bounds`.")
-    has_bounds = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    if _unbounded(bounds):  # the common case, without the general checks
+        lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
+        has_bounds = False
+        if p0 is None:
+            p0 = np.ones(n)
+    else:
+        lb, ub = _prepare_bounds(bounds, n)
+        if p0 is None:
+            p0 = _initialize_feasible(lb, ub)
+        if ((p0 < lb) | (p0 > ub)).any():
+            raise ValueError("`p0` is infeasible: it lies outside `bounds`.")
+        has_bounds = bool((np.isfinite(lb) | np.isfinite(ub)).any())
     method, ftol, xtol, gtol, max_nfev = _resolve_solver(method, loss, has_bounds, ftol, xtol,
                                                          gtol, max_nfev, n)
 
@@ -586,7 +607,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
     weighting = "diag"
     L = None
-    w = np.broadcast_to(np.float64(1.0), (m,))  # unit weights, no m-sized allocation
+    w = _unit_weights(m)
     if sigma is not None:
         sigma = np.asarray(sigma, dtype=float)
         if sigma.size == 1 or sigma.shape == (m,):
@@ -753,11 +774,11 @@ def _covariance(s, VT, cost, m, m_dof, n, method, absolute_sigma):
     scaled by the reduced chi-square unless ``absolute_sigma``.
     ``method='lm'`` mirrors ``leastsq``: a rank-deficient Jacobian gives an
     inf covariance."""
-    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(VT))):
+    if not (np.isfinite(s).all() and np.isfinite(VT).all()):
         return np.full((n, n), np.inf), False
     threshold = EPS * max(m, n) * (s[0] if s.size else 0.0)
     keep = s > threshold
-    if method == "lm" and not np.all(keep):
+    if method == "lm" and not keep.all():
         return np.full((n, n), np.inf), False
     s, VT = s[keep], VT[keep]
     pcov = (VT.T / s ** 2) @ VT

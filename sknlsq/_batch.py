@@ -243,14 +243,14 @@ def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, 
     shapes = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(args))
 
     def build_start():
-        problem = _make_problem(plan, "diag", loss, True)
+        problem = _make_problem(plan, "diag", loss, True)._replace(batched=True)
         f = jax.vmap(partial(start, problem, refine=refine, **kw), in_axes=axes)
         return compile_lowered(jax.jit(f).lower(*args))
 
     start_prog = pool.program(("batch-start", key, slots, shapes), build_start)
 
     def build_segment(max_steps):
-        problem = _make_problem(plan, "diag", loss, True)
+        problem = _make_problem(plan, "diag", loss, True)._replace(batched=True)
 
         def segment(carry, x0, data, lb, ub, x_scale, opts):
             def one(c, d, lo, hi):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import threading
 import time
 import uuid
@@ -34,6 +35,71 @@ import numpy as np
 __all__ = ["MemoryPool", "get_default_pool", "resolve_pool"]
 
 _active: contextvars.ContextVar = contextvars.ContextVar("sknlsq_active_pool", default=None)
+
+# --------------------------------------------------------------------------
+# Programs that must not run concurrently
+# --------------------------------------------------------------------------
+# jaxlib's CPU LAPACK kernels (QR, SVD, Cholesky, ... of a *stack* of
+# matrices, i.e. LAPACK under jax.vmap) split the stack over XLA's intra-op
+# thread pool and block until the pieces are done (ParallelBatchMap). With
+# as many such programs running at once (from several Python threads) as the
+# pool has threads (two on a 2-core machine), every pool thread waits and the
+# programs never finish. Such programs therefore run one at a time.
+
+_SERIAL_LOCK = threading.Lock()
+_BATCHED_SHAPE = re.compile(r"\[\d+(?:,\d+){2,}\]")  # an array of rank >= 3
+
+
+_BATCH_DIMS = re.compile(r'num_batch_dims="(\d+)"')
+
+
+def _has_batched_lapack(hlo_text):
+    """Whether the (optimised) HLO calls a LAPACK kernel on a stack of
+    matrices: ``num_batch_dims`` > 0, or an array of rank >= 3 in the call."""
+    for line in hlo_text.splitlines():
+        if 'custom_call_target="lapack_' in line:
+            dims = _BATCH_DIMS.search(line)
+            if (dims is not None and int(dims.group(1)) > 0) or _BATCHED_SHAPE.search(line):
+                return True
+    return False
+
+
+class _Serialized:
+    """A compiled program that holds a process-wide lock while it runs (its
+    outputs are ready when the call returns)."""
+
+    __slots__ = ("program",)
+
+    def __init__(self, program):
+        self.program = program
+
+    def __call__(self, *args):
+        import jax
+
+        with _SERIAL_LOCK:
+            out = self.program(*args)
+            jax.block_until_ready(out)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.program, name)
+
+
+def run_serialized(fn, *args):
+    """``fn(*args)`` (a JAX computation) under the lock of the programs that
+    must not run concurrently; its outputs are ready on return."""
+    return _Serialized(fn)(*args)
+
+
+def _serialized_if_needed(program):
+    text = getattr(program, "as_text", None)
+    if text is None:
+        return program
+    try:
+        batched = _has_batched_lapack(text())
+    except Exception:  # noqa: BLE001 - no HLO text: run it as it is
+        return program
+    return _Serialized(program) if batched else program
 
 
 class MemoryPool:
@@ -143,7 +209,7 @@ class MemoryPool:
                     self._stats["cache_hits"] += 1
                     return prog
             t0 = time.perf_counter()
-            prog = build()
+            prog = _serialized_if_needed(build())
             dt = time.perf_counter() - t0
             with self._lock:
                 self._programs[key] = prog

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from . import _model
 from ._config import compile_lowered, x64
-from ._pool import resolve_pool
+from ._pool import resolve_pool, run_serialized
 from ._solvers._driver import MESSAGES
 from ._solvers._sparse import (BlockArrow, COOPattern, SparseOptions, block_arrow_covariance,
                                sparse_solve)
@@ -125,7 +125,8 @@ def fit_global(model, xdata, y, w, group, n_groups, local_idx, shared_idx, p0_lo
         status = int(state.status)
         cov = {}
         if status >= 0:
-            shared, local, cross = jax.jit(block_arrow_covariance)(state.rep)
+            # Batched LAPACK (per-block inverses): one at a time (see _pool).
+            shared, local, cross = run_serialized(jax.jit(block_arrow_covariance), state.rep)
             cov = dict(shared=np.asarray(shared), local=np.asarray(local),
                        cross=np.asarray(cross))
     return _result(state, pl + pg, m * (pl + pg), cov)

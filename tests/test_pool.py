@@ -91,6 +91,48 @@ def test_concurrent_fits_match_sequential_fits():
         np.testing.assert_array_equal(got, want)
 
 
+def test_concurrent_batched_fits_finish_and_match_sequential_fits():
+    """Batched fits (LAPACK on stacks of matrices) from several threads at
+    once: jaxlib's batched LAPACK kernels block on XLA's intra-op thread pool,
+    and as many of them at once as the pool has threads never finished
+    (a hang on a 2-core machine) before such programs were serialised."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(0, 4, 120)
+    curves = [(1 + rng.uniform(0, 2, (300, 1))) * np.exp(-rng.uniform(0.3, 1.5, (300, 1)) * x)
+              + 0.2 + 0.01 * rng.normal(size=(300, 120)) for _ in range(4)]
+    pool = MemoryPool()
+    sequential = [curve_fit(decay, x, Y, p0=[1, 1, 0], batch=True, pool=pool)[0]
+                  for Y in curves]
+    results = [None] * len(curves)
+
+    def work(i):
+        results[i] = curve_fit(decay, x, curves[i], p0=[1, 1, 0], batch=True, pool=pool)[0]
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True)
+               for i in range(len(curves))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "concurrent batched fits did not finish"
+    for got, want in zip(results, sequential):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_batched_lapack_detection():
+    from sknlsq._pool import _has_batched_lapack
+
+    stacked = ('%geqrf.0 = (f64[256,224,4]{1,2,0}, f64[256,4]{1,0}) custom-call(%c), '
+               'custom_call_target="lapack_dgeqrf_ffi", frontend_attributes='
+               '{num_batch_dims="1"}')
+    single = ('%geqrf.0 = (f64[224,4]{1,0}, f64[4]{0}) custom-call(%c), '
+              'custom_call_target="lapack_dgeqrf_ffi", frontend_attributes='
+              '{num_batch_dims="0"}')
+    assert _has_batched_lapack(stacked)
+    assert not _has_batched_lapack(single)
+    assert not _has_batched_lapack("%fusion.1 = f64[256,224,4]{2,1,0} fusion(%p)")
+
+
 def test_pool_argument_validation():
     with pytest.raises(ValueError, match="max_pool_size"):
         MemoryPool(max_pool_size=0)

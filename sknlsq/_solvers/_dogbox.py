@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from ._common import (EPS, check_termination, evaluate_quadratic, in_bounds, jac_scale,
                       minimize_quadratic_1d, norm, step_size_to_bound, update_tr_radius)
-from ._problem import linearize, per_step_overhead_matters, trial_cost
+from ._problem import linearize, svd_options, trial_cost
 from ._smallla import svd_auto
 
 
@@ -94,7 +94,7 @@ def step(state: DogboxState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     R_free = state.R * free[None, :]
 
     # Minimum-norm Gauss-Newton step on the free variables.
-    U, s, Vt = svd_auto(R_free, small=per_step_overhead_matters(problem))
+    U, s, Vt = svd_auto(R_free, **svd_options(problem))
     keep = s > EPS * jnp.maximum(m, x.shape[0]) * s[0]
     s_inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     newton = jnp.where(free, -(Vt.T @ (s_inv * (U.T @ state.qtf))), 0.0)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import EPS, column_norms, norm, safe_div, solve_lsq_trust_region
-from ._problem import linearize, per_step_overhead_matters, trial_cost
+from ._problem import linearize, svd_options, trial_cost
 from ._smallla import svd_auto
 
 class LMState(NamedTuple):
@@ -78,7 +78,7 @@ def step(state: LMState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     x, D = state.x, state.diag
     fnorm = jnp.sqrt(2.0 * state.cost)
     R_h = state.R / D[None, :]
-    U, s, Vt = svd_auto(R_h, small=per_step_overhead_matters(problem))
+    U, s, Vt = svd_auto(R_h, **svd_options(problem))
     uf = U.T @ state.qtf
     p_h, par = solve_lsq_trust_region(m, uf, s, Vt.T, state.Delta, state.par,
                                       rtol=0.1, rescale=False)

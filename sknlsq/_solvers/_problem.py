@@ -69,6 +69,9 @@ class Problem(NamedTuple):
     # ``0.5 ||Rp (x - xp) + zp||^2`` to the cost, outside the robust loss:
     # the information of earlier data in online (``partial_fit``) updates.
     prior: bool = False
+    # True where the solve runs under ``jax.vmap`` (batched fits): the n x n
+    # SVDs then use the unrolled kernel up to a larger n (``_smallla``).
+    batched: bool = False
 
 
 class ChunkedProblem(NamedTuple):
@@ -103,6 +106,12 @@ def per_step_overhead_matters(problem) -> bool:
     the solvers prefer LAPACK kernels (quicker to compile) to the unrolled
     small-matrix ones (quicker to run)."""
     return not isinstance(problem, ChunkedProblem)
+
+
+def svd_options(problem) -> dict:
+    """Keyword arguments of ``_smallla.svd_auto`` for the solvers' n x n SVDs."""
+    return dict(small=per_step_overhead_matters(problem),
+                batched=bool(getattr(problem, "batched", False)))
 
 
 def linearize(problem, x, data, f_scale, hint=None) -> Linearization:

@@ -30,7 +30,7 @@ from ._common import (build_quadratic_1d, check_termination, cl_scaling_vector,
                       jac_scale, make_strictly_feasible, minimize_quadratic_1d,
                       norm, safe_div, solve_lsq_trust_region, step_size_to_bound,
                       update_tr_radius)
-from ._problem import linearize, per_step_overhead_matters, trial_cost
+from ._problem import linearize, svd_options, trial_cost
 from ._smallla import svd_auto
 
 
@@ -145,7 +145,7 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
         R_h = state.R * d[None, :]
         A, b = R_h, state.qtf
     g_h = d * g
-    U, s, Vt = svd_auto(A, small=per_step_overhead_matters(problem))
+    U, s, Vt = svd_auto(A, **svd_options(problem))
     uf = U.T @ b
     theta = jnp.maximum(0.995, 1.0 - state.g_norm)
     p_h, alpha = solve_lsq_trust_region(m, uf, s, Vt.T, state.Delta, state.alpha)

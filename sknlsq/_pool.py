@@ -65,8 +65,15 @@ def _has_batched_lapack(hlo_text):
 
 
 class _Serialized:
-    """A compiled program that holds a process-wide lock while it runs (its
-    outputs are ready when the call returns)."""
+    """A compiled program of which at most one runs at a time, process-wide.
+
+    A call first waits (under the lock) until the previous such program has
+    finished, then dispatches its own and returns without waiting: a single
+    thread thus keeps JAX's asynchronous dispatch, and a second thread's
+    program starts only once the first one's is done. One output of the
+    last program is kept to wait on (all outputs of one execution are
+    completed together); the smallest, so that nothing large stays alive.
+    """
 
     __slots__ = ("program",)
 
@@ -76,13 +83,23 @@ class _Serialized:
     def __call__(self, *args):
         import jax
 
+        global _last_output
         with _SERIAL_LOCK:
+            if _last_output is not None:
+                _last_output.block_until_ready()
+                _last_output = None
             out = self.program(*args)
-            jax.block_until_ready(out)
+            leaves = [a for a in jax.tree_util.tree_leaves(out)
+                      if hasattr(a, "block_until_ready")]
+            if leaves:
+                _last_output = min(leaves, key=lambda a: a.size)
         return out
 
     def __getattr__(self, name):
         return getattr(self.program, name)
+
+
+_last_output = None
 
 
 def run_serialized(fn, *args):

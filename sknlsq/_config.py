@@ -12,9 +12,8 @@ import threading
 import time
 from contextlib import contextmanager
 
-import numpy as np
-
 import jax
+import numpy as np
 
 
 def x64():

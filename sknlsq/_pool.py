@@ -47,9 +47,8 @@ _active: contextvars.ContextVar = contextvars.ContextVar("sknlsq_active_pool", d
 # programs never finish. Such programs therefore run one at a time.
 
 _SERIAL_LOCK = threading.Lock()
+_last_output = None  # one output of the serialised program dispatched last
 _BATCHED_SHAPE = re.compile(r"\[\d+(?:,\d+){2,}\]")  # an array of rank >= 3
-
-
 _BATCH_DIMS = re.compile(r'num_batch_dims="(\d+)"')
 
 
@@ -86,7 +85,10 @@ class _Serialized:
         global _last_output
         with _SERIAL_LOCK:
             if _last_output is not None:
-                _last_output.block_until_ready()
+                try:
+                    _last_output.block_until_ready()
+                except Exception:  # noqa: BLE001 - that program's caller sees its error
+                    pass
                 _last_output = None
             out = self.program(*args)
             leaves = [a for a in jax.tree_util.tree_leaves(out)
@@ -99,12 +101,10 @@ class _Serialized:
         return getattr(self.program, name)
 
 
-_last_output = None
-
-
 def run_serialized(fn, *args):
-    """``fn(*args)`` (a JAX computation) under the lock of the programs that
-    must not run concurrently; its outputs are ready on return."""
+    """``fn(*args)`` (a JAX computation that runs LAPACK on stacks of
+    matrices) as a serialised program: started once the previous one has
+    finished (see :class:`_Serialized`)."""
     return _Serialized(fn)(*args)
 
 

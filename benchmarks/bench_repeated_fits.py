@@ -22,7 +22,7 @@ Usage, from the repository root::
 ``--profile N`` additionally runs N warm sknlsq fits under cProfile and
 prints the top entries by cumulative time. ``--sync-dispatch`` sets JAX's
 ``jax_cpu_enable_async_dispatch`` to False before the first fit (a process-wide
-JAX setting, off by default in JAX and never touched by sknlsq itself): the
+JAX setting, True by default, which sknlsq itself never changes): the
 CPU runtime then runs each compiled program on the calling thread instead of
 handing it to a worker thread and waking the caller when it is done, which
 on a small VM costs more than a small fit's arithmetic.

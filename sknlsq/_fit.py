@@ -723,7 +723,8 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
         lent.append(buf)
         return buf
 
-    stack = x is not None and x.ndim == 1 and axis == 0 and L is None and m_pad <= _PAD_LIMIT
+    stack = (x is not None and x.ndim == 1 and y.ndim == 1 and axis == 0 and L is None
+             and m_pad <= _PAD_LIMIT)
     if m_pad == m and not stack:
         data = {"x": np.zeros(()) if x is None else x, "y": y, "w": w}
         if L is not None:

@@ -569,3 +569,21 @@ def test_x64_is_not_switched_on_globally():
     assert jnp.ones(3).dtype == jnp.float32
     assert (user * 2).dtype == jnp.float32
     assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize("m", [6, 16, 40])
+def test_2d_ydata_with_1d_xdata(m):
+    """A 2-D ``ydata`` (compared with the model's output of the same shape)
+    with a 1-D ``xdata`` of as many points, padded or not: the same fit as
+    scipy's of the flattened problem."""
+    rng = np.random.default_rng(m)
+    x = np.linspace(0, 1, m)
+    y = ((2.0 * x + 1.0) + 0.01 * rng.normal(size=m)).reshape(2, m // 2)
+
+    def model(t, a, b):
+        return (a * t + b).reshape(2, m // 2)
+
+    got, gcov = curve_fit(model, x, y, p0=[1.0, 1.0])
+    want, wcov = scipy_curve_fit(lambda t, a, b: a * t + b, x, y.ravel(), p0=[1.0, 1.0])
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+    np.testing.assert_allclose(gcov, wcov, rtol=1e-5)

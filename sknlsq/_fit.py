@@ -267,6 +267,8 @@ def _unit_weights(m):
 
 
 def _prepare_bounds(bounds, n):
+    if _unbounded(bounds):  # the common case, without the general checks
+        return np.full(n, -np.inf), np.full(n, np.inf)
     from scipy.optimize import Bounds
 
     if isinstance(bounds, Bounds):
@@ -517,18 +519,12 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         names = _model.parameter_names(model, n)
         if not np.isfinite(p0).all():
             raise ValueError("`p0` must contain only finite values.")
-    if _unbounded(bounds):  # the common case, without the general checks
-        lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
-        has_bounds = False
-        if p0 is None:
-            p0 = np.ones(n)
-    else:
-        lb, ub = _prepare_bounds(bounds, n)
-        if p0 is None:
-            p0 = _initialize_feasible(lb, ub)
-        if ((p0 < lb) | (p0 > ub)).any():
-            raise ValueError("`p0` is infeasible: it lies outside `bounds`.")
-        has_bounds = bool((np.isfinite(lb) | np.isfinite(ub)).any())
+    lb, ub = _prepare_bounds(bounds, n)
+    if p0 is None:
+        p0 = _initialize_feasible(lb, ub)
+    if ((p0 < lb) | (p0 > ub)).any():
+        raise ValueError("`p0` is infeasible: it lies outside `bounds`.")
+    has_bounds = bool((np.isfinite(lb) | np.isfinite(ub)).any())
     method, ftol, xtol, gtol, max_nfev = _resolve_solver(method, loss, has_bounds, ftol, xtol,
                                                          gtol, max_nfev, n)
 
@@ -723,6 +719,10 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
         lent.append(buf)
         return buf
 
+    def put(dst, src, pad):  # rows along the first axis; the padding rows get `pad`
+        dst[:m] = src
+        dst[m:] = pad
+
     stack = (x is not None and x.ndim == 1 and y.ndim == 1 and axis == 0 and L is None
              and m_pad <= _PAD_LIMIT)
     if m_pad == m and not stack:
@@ -733,19 +733,14 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
     if stack:
         # One argument instead of three (see _pack_args).
         xyw = buffer((3, m_pad))
-        xyw[0, :m] = x
-        xyw[0, m:] = x[-1]
-        xyw[1, :m] = y
-        xyw[1, m:] = y[-1]
-        xyw[2, :m] = w
-        xyw[2, m:] = 0.0
+        put(xyw[0], x, x[-1])
+        put(xyw[1], y, y[-1])
+        put(xyw[2], w, 0.0)
         return {"xyw": xyw}
     yb = buffer((m_pad,))
-    yb[:m] = y
-    yb[m:] = y[-1]
+    put(yb, y, y[-1])
     wb = buffer((m_pad,))
-    wb[:m] = w
-    wb[m:] = 0.0
+    put(wb, w, 0.0)
     if x is None:
         xb = np.zeros(())
     elif x.ndim == 0 or axis is None:
@@ -754,10 +749,8 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
         shape = list(x.shape)
         shape[axis] = m_pad
         xb = buffer(tuple(shape))
-        xv = np.moveaxis(xb, axis, 0)
         src = np.moveaxis(x, axis, 0)
-        xv[:m] = src
-        xv[m:] = src[-1]
+        put(np.moveaxis(xb, axis, 0), src, src[-1])
     data = {"x": xb, "y": yb, "w": wb}
     if L is not None:
         Lb = buffer((m_pad, m_pad))

@@ -30,6 +30,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 
+import jax
 import numpy as np
 
 __all__ = ["MemoryPool", "get_default_pool", "resolve_pool"]
@@ -80,8 +81,6 @@ class _Serialized:
         self.program = program
 
     def __call__(self, *args):
-        import jax
-
         global _last_output
         with _SERIAL_LOCK:
             if _last_output is not None:

@@ -319,6 +319,39 @@ def test_two_dimensional_target_fits_one_curve_per_column():
     assert reg.predict(x[:, None]).shape == (150, 3)
 
 
+def test_two_dimensional_target_takes_per_column_sample_weight():
+    """A 2-D ``sample_weight`` weights each column on its own; a zero leaves a
+    point out of that column's fit only (scipy on the column's kept points,
+    with the weights as 1 / sigma**2, is the reference)."""
+    rng = np.random.default_rng(5)
+    x = np.linspace(0, 4, 120)
+    truth = np.array([[2.0, 1.0, 0.1], [1.0, 0.5, -0.2], [3.0, 2.0, 0.0]])
+    Y = np.stack([decay(x, *t) for t in truth], axis=1) + 0.02 * rng.normal(size=(120, 3))
+    sw = rng.uniform(0.5, 2.0, size=Y.shape)
+    sw[:50, 0] = 0.0
+    sw[::3, 2] = 0.0
+    reg = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(x[:, None], Y, sample_weight=sw)
+    for j in range(3):
+        ok = sw[:, j] > 0
+        ref, ref_cov = scipy_curve_fit(lambda t, a, b, c: a * np.exp(-b * t) + c, x[ok],
+                                       Y[ok, j], p0=[1, 1, 0], sigma=1 / np.sqrt(sw[ok, j]),
+                                       ftol=1e-14, xtol=1e-14, gtol=1e-14)
+        np.testing.assert_allclose(reg.params_[j], ref, rtol=1e-6)
+        np.testing.assert_allclose(reg.pcov_[j], ref_cov, rtol=1e-5,
+                                   atol=1e-6 * np.abs(ref_cov).max())
+    # A 1-D weight still applies to every column.
+    one = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(x[:, None], Y, sample_weight=sw[:, 1])
+    both = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(
+        x[:, None], Y, sample_weight=np.repeat(sw[:, 1:2], 3, axis=1))
+    np.testing.assert_allclose(one.params_, both.params_, rtol=1e-12)
+    with pytest.raises(ValueError, match="sample_weight.*shape"):
+        reg.fit(x[:, None], Y, sample_weight=sw[:, :2])
+    with pytest.raises(ValueError, match="sample_weight.*negative"):
+        reg.fit(x[:, None], Y, sample_weight=-sw)
+    with pytest.raises(ValueError, match="sample_weight"):
+        reg.fit(x[:, None], Y[:, 0], sample_weight=sw)  # 1-D y: one weight per sample
+
+
 def test_two_dimensional_target_isolates_failures():
     x = np.linspace(0, 4, 50)
     Y = np.stack([decay(x, 2.0, 1.0, 0.0), np.full(50, np.nan)], axis=1)

@@ -51,6 +51,18 @@ def _checked_weights(sample_weight, X):
         raise ValueError(f"Invalid `sample_weight`: {exc}") from exc
 
 
+def _checked_column_weights(sample_weight, shape):
+    """A 2-D ``sample_weight`` of a batched fit: float64, of ``y``'s shape
+    ``(n_samples, n_targets)``, finite and non-negative."""
+    sw = check_array(sample_weight, dtype=np.float64, input_name="sample_weight")
+    if sw.shape != tuple(shape):
+        raise ValueError(f"Invalid `sample_weight`: shape {sw.shape}; a 2-D `sample_weight` "
+                         f"must have y's shape {tuple(shape)} (n_samples, n_targets).")
+    if np.any(sw < 0):
+        raise ValueError("Invalid `sample_weight`: negative values are not allowed.")
+    return sw
+
+
 class _ModelMixin:
     """What every estimator here shares: the model (``None``: the linear
     model, with zeros as ``p0``) and the names of its parameters."""
@@ -226,8 +238,11 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Targets; a 2-D ``y`` fits one parameter vector per column (NaN
             entries are missing values).
-        sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the squared residuals.
+        sample_weight : array-like of shape (n_samples,) or (n_samples, n_targets), \
+default=None
+            Non-negative weights of the squared residuals; with a 2-D ``y``
+            they may differ per column (a zero leaves the point out of that
+            column's fit only).
 
         Returns
         -------
@@ -244,7 +259,10 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                 raise ValueError(f"X has {X.shape[0]} samples but y has {Y.shape[0]}.")
         else:
             X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64)
-        sample_weight = _checked_weights(sample_weight, X)
+        if batched and sample_weight is not None and np.ndim(sample_weight) == 2:
+            sample_weight = _checked_column_weights(sample_weight, Y.shape)
+        else:
+            sample_weight = _checked_weights(sample_weight, X)
         model, p0 = self._model_and_p0(X.shape[1])
         if batched:
             return self._fit_batch(model, p0, X, Y, sample_weight)
@@ -268,7 +286,10 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
 
     def _fit_batch(self, model, p0, X, Y, sample_weight):
         Yt = Y.T  # (n_targets, n_samples): one curve per row
-        sw = None if sample_weight is None else np.broadcast_to(sample_weight, Yt.shape)
+        sw = None
+        if sample_weight is not None:
+            sw = (sample_weight.T if sample_weight.ndim == 2
+                  else np.broadcast_to(sample_weight, Yt.shape))
         res = fit_curves(model, _xdata(X), Yt, p0=p0, sample_weight=sw,
                          nan_policy="omit", check_finite=False, stacklevel=4,
                          **self._settings())

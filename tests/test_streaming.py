@@ -158,6 +158,24 @@ def test_nan_rows_raise_with_chunk_index_or_are_omitted():
     ref = CurveFitRegressor(gauss, p0=P0).fit(X[keep], y[keep])
     assert est.n_points_ == keep.sum()
     assert _rel(est.params_, ref.params_) < 1e-7
+    # Plain arrays, NaN in y and in X: omitted as from a source (scikit-learn's
+    # own validation would refuse a non-finite y).
+    Xn = X.copy()
+    Xn[7000, 0] = np.nan
+    keep2 = keep & np.isfinite(Xn[:, 0])
+    est2 = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=1000, nan_policy="omit")
+    est2.fit(Xn, y)
+    ref2 = CurveFitRegressor(gauss, p0=P0).fit(X[keep2], y[keep2])
+    assert est2.n_points_ == keep2.sum()
+    assert _rel(est2.params_, ref2.params_) < 1e-7
+    online = StreamingCurveFitRegressor(gauss, p0=P0, nan_policy="omit")
+    for i in range(0, y.size, 5000):
+        online.partial_fit(Xn[i:i + 5000], y[i:i + 5000])
+    assert np.all(np.isfinite(online.params_))
+    with pytest.raises(ValueError, match="y"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(X, y)  # nan_policy='raise'
+    with pytest.raises(ValueError, match="y"):
+        StreamingCurveFitRegressor(gauss, p0=P0).partial_fit(X, y)
 
 
 def test_source_raising_mid_pass_is_reported():

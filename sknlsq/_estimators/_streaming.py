@@ -16,7 +16,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (check_array, check_consistent_length,
+                                      check_is_fitted, column_or_1d, validate_data)
 
 from .._fit import _bucket
 from .._pool import MemoryPool
@@ -232,8 +233,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             source = as_source(X, y, sample_weight)
             n_samples = source.n_samples
         else:
-            X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64,
-                                 ensure_all_finite=self.nan_policy == "raise")
+            X, y = self._validate_xy(X, y, reset=True)
             source = ArraySource(X, y, _checked_weights(sample_weight, X))
             n_samples = X.shape[0]
         chunk_size = int(self.chunk_size)
@@ -278,6 +278,21 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         raise ValueError("the data source is empty (`X`).")
 
     # -- partial_fit -------------------------------------------------------------
+    def _validate_xy(self, X, y, reset):
+        """``(X, y)`` validated as scikit-learn does; with ``nan_policy='omit'``
+        non-finite entries of ``X`` and ``y`` pass (the fit leaves those rows
+        out), which ``validate_data(X, y)`` would refuse for ``y``."""
+        if self.nan_policy == "raise":
+            return validate_data(self, X, y, reset=reset, y_numeric=True, dtype=np.float64)
+        if y is None:
+            raise ValueError(f"This {type(self).__name__} estimator requires y to be passed, "
+                             "but the target y is None.")
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False)
+        y = column_or_1d(check_array(y, ensure_2d=False, dtype=np.float64,
+                                     ensure_all_finite=False, input_name="y"), warn=True)
+        check_consistent_length(X, y)
+        return X, y
+
     def partial_fit(self, X, y, sample_weight=None):
         """Update the fit with one chunk of data.
 
@@ -298,8 +313,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         first_call = not hasattr(self, "_online") or not hasattr(self, "params_")
         if first_call:
             self._validate_params()
-        X, y = validate_data(self, X, y, reset=first_call, y_numeric=True, dtype=np.float64,
-                             ensure_all_finite=self.nan_policy == "raise")
+        X, y = self._validate_xy(X, y, reset=first_call)
         sw = _checked_weights(sample_weight, X)
         w = np.ones(X.shape[0]) if sw is None else np.sqrt(sw)
         if self.nan_policy == "omit":

@@ -351,7 +351,13 @@ def enable_persistent_cache(cache_dir):
     """
     import jax
 
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK | os.X_OK):
+            raise PermissionError("the directory is not writable")
+    except (OSError, TypeError) as exc:
+        raise ValueError(f"`cache_dir` {cache_dir!r} cannot be used as a compilation cache "
+                         f"directory: {exc}") from exc
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.fspath(cache_dir)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

@@ -133,9 +133,41 @@ def test_batched_lapack_detection():
     assert not _has_batched_lapack("%fusion.1 = f64[256,224,4]{2,1,0} fusion(%p)")
 
 
-def test_pool_argument_validation():
+def test_pool_argument_validation(tmp_path):
     with pytest.raises(ValueError, match="max_pool_size"):
         MemoryPool(max_pool_size=0)
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    for bad in (a_file, a_file / "sub"):
+        with pytest.raises(ValueError, match="cache_dir"):
+            MemoryPool(cache_dir=bad)
+
+
+def test_persistent_cache_serves_a_fresh_process(tmp_path):
+    """``MemoryPool(cache_dir=d)``: a fresh process loads the programs an
+    earlier one compiled (JAX's cache-hit events), with the same answer.
+    Run in subprocesses: the cache setting is process-wide."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, numpy as np, jax, jax.numpy as jnp, sknlsq\n"
+        "events = []\n"
+        "jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))\n"
+        "x = np.linspace(0, 4, 300); y = 2 * np.exp(-0.7 * x) + 0.3 + 0.01 * np.sin(40 * x)\n"
+        "f = lambda x, a, b, c: a * jnp.exp(-b * x) + c\n"
+        "with sknlsq.MemoryPool(cache_dir=sys.argv[1]):\n"
+        "    p = sknlsq.curve_fit(f, x, y, p0=[1, 1, 0])[0]\n"
+        "print(json.dumps({'hits': events.count('/jax/compilation_cache/cache_hits'),\n"
+        "                  'p': p.tolist()}))\n")
+    d = tmp_path / "cache"
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code, str(d)], check=True,
+                                      capture_output=True).stdout.decode().splitlines()[-1])
+            for _ in range(2)]
+    assert runs[0]["hits"] == 0 and any(d.iterdir())
+    assert runs[1]["hits"] >= 1
+    assert runs[1]["p"] == runs[0]["p"]
 
 
 def test_pool_pickles_by_identity():

@@ -38,6 +38,7 @@ from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
                    _resolve_solver, _sample_axis)
 from ._pool import resolve_pool
 from ._solvers import MESSAGES, Options, advance, finish, running, start
+from ._solvers._losses import loss_id, static_loss
 
 EPS = np.finfo(np.float64).eps
 TOO_FEW_POINTS = -3
@@ -211,8 +212,10 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                 xdata = np.moveaxis(np.concatenate([xv, np.repeat(xv[..., -1:], pad, -1)],
                                                    axis=-1), -1, axis)
         opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),
-                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor))
-        problem_key = (plan.key, plan.out_shape if plan.mode == "host" else None, loss,
+                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor),
+                       np.float64(loss_id(loss)))
+        problem_key = (plan.key, plan.out_shape if plan.mode == "host" else None,
+                       static_loss(loss),
                        method, has_bounds, use_jac_scale, int(refine), xdata.shape, n)
         pending = np.flatnonzero(~too_few)
         with x64_for_host_callbacks(plan.uses_host):

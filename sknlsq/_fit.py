@@ -37,6 +37,7 @@ from . import _model
 from ._config import compile_lowered, fetch, x64, x64_for_host_callbacks
 from ._pool import resolve_pool
 from ._solvers import LOSSES, MESSAGES, NONFINITE_X0, Options, Problem, solve
+from ._solvers._losses import loss_id, static_loss
 
 EPS = np.finfo(np.float64).eps
 METHOD_NAMES = ("trf", "dogbox", "lm")
@@ -185,7 +186,7 @@ def _make_problem(plan, weighting, loss, use_fwd):
             J = whiten(plan.jacobian(p, d["x"]), d)
             return f, d["w"][:, None] * J
 
-    return Problem(fun, fun_jac, loss)
+    return Problem(fun, fun_jac, static_loss(loss))
 
 
 def _pack_args(p0, lb, ub, x_scale, opts):
@@ -193,7 +194,7 @@ def _pack_args(p0, lb, ub, x_scale, opts):
     compiled call costs a host-to-device conversion of its own (~6 us on a
     CPU), more than a small solve's step."""
     tail = np.array([opts.ftol, opts.xtol, opts.gtol, opts.max_nfev, opts.f_scale,
-                     opts.factor], dtype=np.float64)
+                     opts.factor, opts.loss_id], dtype=np.float64)
     return np.concatenate([p0, lb, ub, x_scale, tail])
 
 
@@ -201,7 +202,7 @@ def _unpack_args(theta, n):
     """Inverse of :func:`_pack_args`, inside the compiled program."""
     p0, lb, ub, xs = (theta[i * n:(i + 1) * n] for i in range(4))
     t = theta[4 * n:]
-    opts = Options(t[0], t[1], t[2], t[3].astype(jnp.int32), t[4], t[5])
+    opts = Options(t[0], t[1], t[2], t[3].astype(jnp.int32), t[4], t[5], t[6])
     return p0, lb, ub, xs, opts
 
 
@@ -212,10 +213,11 @@ def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
     ``args = (theta, data)``: :func:`_pack_args`'s vector and the data dict,
     whose ``"xyw"`` entry (if present) stacks 1-D ``x``, ``y`` and ``w``."""
     theta, data = args
-    n = (theta.shape[0] - 6) // 4
+    n = (theta.shape[0] - len(Options._fields)) // 4
     shapes = tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(data.items()))
     key = ("curve_fit", plan.key, plan.out_shape if plan.mode == "host" else None,
-           weighting, loss, use_fwd, method, has_bounds, use_jac_scale, refine, n, shapes)
+           weighting, static_loss(loss), use_fwd, method, has_bounds, use_jac_scale, refine, n,
+           shapes)
 
     def build():
         problem = _make_problem(plan, weighting, loss, use_fwd)
@@ -663,7 +665,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         if not padded:
             m_pad = m
         opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),
-                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor))
+                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor),
+                       np.float64(loss_id(loss)))
         use_fwd = n <= max(m, 1) or m == 1
         lent = []
         try:

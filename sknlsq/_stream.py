@@ -51,6 +51,8 @@ from ._fit import (DEFAULT_REFINE, EPS, FitResult, _check_common, _initialize_fe
 from ._pool import resolve_pool
 from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance, finish,
                        linearize, running, start)
+from ._solvers._losses import loss_id, static_loss
+from ._solvers._problem import loss_scale
 from ._sources import ChunkSource, _check_chunk_size, check_chunk
 
 CHECKPOINT_VERSION = 1
@@ -268,7 +270,7 @@ def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xto
             raise ValueError("`x_scale` must be 'jac' or positive numbers.")
         use_jac_scale = False
     opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol), np.int32(max_nfev),
-                   np.float64(f_scale), np.float64(10.0))
+                   np.float64(f_scale), np.float64(10.0), np.float64(loss_id(loss)))
     model_name = (f"{getattr(model, '__module__', '')}."
                   f"{getattr(model, '__qualname__', type(model).__name__)}")
     return dict(model_name=model_name, p0=p0, n=n, names=names, lb=lb, ub=ub,
@@ -499,12 +501,13 @@ def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps, whole
     kw = dict(method=st["method"], has_bounds=st["has_bounds"],
               use_jac_scale=st["use_jac_scale"])
     base = ("chunked", key, plan.key, plan.out_shape if plan.mode == "host" else None,
-            st["loss"], st["method"], st["has_bounds"], st["use_jac_scale"], refine, st["n"],
+            static_loss(st["loss"]), st["method"], st["has_bounds"], st["use_jac_scale"], refine,
+            st["n"],
             tuple((k, np.shape(v)) for k, v in sorted(data.items())))
 
     def problem():
         p = _make_problem(plan, "diag", st["loss"], True)
-        return ChunkedProblem(p.fun, p.fun_jac, make_read(), st["loss"])
+        return ChunkedProblem(p.fun, p.fun_jac, make_read(), p.loss)
 
     args = (st["p0"], data, st["lb"], st["ub"], st["xs"], st["opts"])
 
@@ -707,7 +710,8 @@ def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool
         data = {"x": xp, "y": yp, "w": wp, "prior": (Rp, zp, x0)}
         args = (x0, data, st["lb"], st["ub"], st["xs"], opts)
         key = ("online", plan.key, plan.out_shape if plan.mode == "host" else None,
-               st["loss"], st["method"], st["has_bounds"], st["use_jac_scale"], refine, n,
+               static_loss(st["loss"]), st["method"], st["has_bounds"], st["use_jac_scale"],
+               refine, n,
                np.shape(xp))
 
         def build():
@@ -720,7 +724,7 @@ def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool
                 # The information after this chunk: the QR-reduced linearisation
                 # of chunk plus prior at the new point, without robust-loss
                 # rescaling of the prior rows (linearize keeps them linear).
-                lin = linearize(p, sol.x, data, opts.f_scale)
+                lin = linearize(p, sol.x, data, loss_scale(opts))
                 return sol.x, lin.R, lin.qtf, lin.cost, sol.status, sol.nfev
 
             return compile_lowered(jax.jit(run).lower(*args))

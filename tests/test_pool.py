@@ -31,6 +31,36 @@ def test_lengths_in_one_bucket_share_a_compiled_program():
     assert s["compile_seconds"] > 0
 
 
+def test_robust_losses_share_one_program_and_keep_their_answers():
+    """soft_l1, huber, cauchy and arctan run one compiled program (the loss is
+    chosen at run time, like f_scale); each gives scipy's answer, in a single
+    fit, in a batched fit and in a chunked (streaming) fit."""
+    from scipy.optimize import curve_fit as scipy_curve_fit
+
+    from sknlsq._stream import fit_in_chunks
+
+    x, y = _data(400, 7)
+    y = y.copy()
+    y[::37] += 1.5  # outliers, so that the losses differ
+    Y = np.stack([y, y[::-1]])
+    pool = MemoryPool()
+    for i, loss in enumerate(("soft_l1", "huber", "cauchy", "arctan")):
+        kw = dict(p0=[1, 1, 0], loss=loss, f_scale=0.1, method="trf")
+        ref = scipy_curve_fit(lambda t, a, b, c: a * np.exp(-b * t) + c, x, y, ftol=1e-14,
+                              xtol=1e-14, gtol=1e-14, **kw)[0]
+        np.testing.assert_allclose(curve_fit(decay, x, y, pool=pool, **kw)[0], ref, rtol=1e-6)
+        batched = curve_fit(decay, x, Y, batch=True, pool=pool, **kw)[0]
+        np.testing.assert_allclose(batched[0], ref, rtol=1e-6)
+        chunked = fit_in_chunks(decay, x, y, None, chunk_size=64, pool=pool, **kw)
+        np.testing.assert_allclose(chunked.params, ref, rtol=1e-6)
+        if i == 0:
+            compiles = pool.get_stats()["compiles"]
+    assert pool.get_stats()["compiles"] == compiles  # no program for the other losses
+    # The linear loss keeps its own (leaner) program.
+    curve_fit(decay, x, y, p0=[1, 1, 0], method="trf", pool=pool)
+    assert pool.get_stats()["compiles"] == compiles + 1
+
+
 def test_repeated_fits_reuse_staging_buffers():
     pool = MemoryPool()
     for seed in range(5):

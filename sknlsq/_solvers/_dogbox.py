@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from ._common import (EPS, check_termination, evaluate_quadratic, in_bounds, jac_scale,
                       minimize_quadratic_1d, norm, step_size_to_bound, update_tr_radius)
-from ._problem import linearize, svd_options, trial_cost
+from ._problem import linearize, loss_scale, svd_options, trial_cost
 from ._smallla import svd_auto
 
 
@@ -50,7 +50,7 @@ def _g_norm(on_bound, g):
 
 
 def init(problem, x0, data, lb, ub, x_scale, opts, *, has_bounds, use_jac_scale, m):
-    lin = linearize(problem, x0, data, opts.f_scale)
+    lin = linearize(problem, x0, data, loss_scale(opts))
     scale_inv = jac_scale(lin.R)[1] if use_jac_scale else 1.0 / x_scale
     Delta = jnp.max(jnp.abs(x0 * scale_inv))
     Delta = jnp.where(Delta == 0, 1.0, Delta)
@@ -108,7 +108,7 @@ def step(state: DogboxState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     predicted = -evaluate_quadratic(R_free, g_free, stp)
     x_new = jnp.clip(x + stp, lb, ub)
 
-    f_new, cost_new, finite = trial_cost(problem, x_new, data, opts.f_scale)
+    f_new, cost_new, finite = trial_cost(problem, x_new, data, loss_scale(opts))
     step_h_norm = jnp.max(jnp.abs(stp * scale_inv))
     actual = state.cost - cost_new
     Delta_new, ratio = update_tr_radius(state.Delta, actual, predicted, step_h_norm, tr_hit)
@@ -120,7 +120,7 @@ def step(state: DogboxState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     def accepted(_):
         ob = jnp.where(free, hits, on_bound)
         xn = jnp.where(ob == -1, lb, jnp.where(ob == 1, ub, x_new))
-        lin = linearize(problem, xn, data, opts.f_scale, hint=state.R)
+        lin = linearize(problem, xn, data, loss_scale(opts), hint=state.R)
         si = jac_scale(lin.R, scale_inv)[1] if use_jac_scale else scale_inv
         return xn, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, si, ob, _g_norm(ob, lin.g)
 

@@ -58,6 +58,7 @@ class Options(NamedTuple):
     max_nfev: Any
     f_scale: Any
     factor: Any = 10.0  # initial trust radius factor of method "lm" (MINPACK's `factor`)
+    loss_id: Any = 0  # which robust loss (``_losses.loss_id``) a "robust" problem uses
 
 
 class Solution(NamedTuple):

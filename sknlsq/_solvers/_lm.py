@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import EPS, column_norms, norm, safe_div, solve_lsq_trust_region
-from ._problem import linearize, svd_options, trial_cost
+from ._problem import linearize, loss_scale, svd_options, trial_cost
 from ._smallla import svd_auto
 
 class LMState(NamedTuple):
@@ -58,7 +58,7 @@ def _gnorm(cost, g, R):
 
 
 def init(problem, x0, data, lb, ub, x_scale, opts, *, has_bounds, use_jac_scale, m):
-    lin = linearize(problem, x0, data, opts.f_scale)
+    lin = linearize(problem, x0, data, loss_scale(opts))
     if use_jac_scale:
         cn = column_norms(lin.R)
         diag = jnp.where(cn == 0, 1.0, cn)
@@ -88,7 +88,7 @@ def step(state: LMState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     first = state.nit == 0
     Delta = jnp.where(first, jnp.minimum(state.Delta, pnorm), state.Delta)
 
-    f_new, cost_new, finite = trial_cost(problem, x_new, data, opts.f_scale)
+    f_new, cost_new, finite = trial_cost(problem, x_new, data, loss_scale(opts))
     fnorm1 = jnp.where(finite, jnp.sqrt(2.0 * cost_new), jnp.inf)
 
     fn = jnp.where(fnorm == 0, 1.0, fnorm)
@@ -111,7 +111,7 @@ def step(state: LMState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     accept = finite & (ratio >= 1e-4)
 
     def accepted(_):
-        lin = linearize(problem, x_new, data, opts.f_scale, hint=state.R)
+        lin = linearize(problem, x_new, data, loss_scale(opts), hint=state.R)
         diag = jnp.maximum(D, column_norms(lin.R)) if use_jac_scale else D
         return (x_new, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, diag,
                 norm(D * x_new), _gnorm(lin.cost, lin.g, lin.R))

@@ -5,18 +5,49 @@ uses them through :func:`loss_cost` (the objective ``0.5 * sum(rho)``) and
 :func:`scale_for_loss`, which rescales ``J`` and ``f`` so that the Gauss-Newton
 model of the robust objective becomes an ordinary least-squares model
 (Triggs et al., "Bundle Adjustment - A Modern Synthesis", 2000).
+
+The loss a compiled program sees is ``"linear"`` or ``"robust"``
+(:func:`static_loss`): the robust losses share one program and pick their
+``rho`` at run time by :func:`loss_id`, passed with ``f_scale`` as the pair
+``(f_scale, loss_id)``, so that a sweep over losses (a grid search, a user
+trying one after another) compiles once. Under ``jax.vmap`` with an unbatched
+id the selection stays a branch.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from ._common import EPS
 
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+ROBUST = LOSSES[1:]
 
 
-def _rho(loss, z):
+def static_loss(loss):
+    """The loss as compiled programs know it: ``"linear"`` or ``"robust"``."""
+    return "linear" if loss == "linear" else "robust"
+
+
+def loss_id(loss):
+    """The run-time index of a robust loss in :data:`ROBUST` (0 for linear)."""
+    return ROBUST.index(loss) if loss in ROBUST else 0
+
+
+def _split(f_scale):
+    """``(f_scale, loss_id)`` from a scalar or the pair."""
+    if isinstance(f_scale, tuple):
+        return f_scale
+    return f_scale, None
+
+
+def _rho(loss, z, lid=None):
+    if loss == "robust":
+        if lid is None:
+            raise ValueError("the robust loss needs its run-time id with f_scale")
+        branches = [lambda z, name=name: _rho(name, z) for name in ROBUST]
+        return jax.lax.switch(jnp.asarray(lid).astype(jnp.int32), branches, z)
     if loss == "linear":
         return z, jnp.ones_like(z), jnp.zeros_like(z)
     if loss == "soft_l1":
@@ -38,18 +69,22 @@ def _rho(loss, z):
 
 
 def loss_cost(loss, f, f_scale):
-    """The objective ``0.5 * sum(rho(f**2))`` (``0.5 * ||f||^2`` for linear)."""
+    """The objective ``0.5 * sum(rho(f**2))`` (``0.5 * ||f||^2`` for linear).
+    ``f_scale``: a scalar, or ``(f_scale, loss_id)`` (required for "robust")."""
+    f_scale, lid = _split(f_scale)
     if loss == "linear":
         return 0.5 * jnp.dot(f, f)
-    rho0, _, _ = _rho(loss, (f / f_scale) ** 2)
+    rho0, _, _ = _rho(loss, (f / f_scale) ** 2, lid)
     return 0.5 * f_scale ** 2 * jnp.sum(rho0)
 
 
 def scale_for_loss(loss, J, f, f_scale):
-    """Return ``(cost, J_scaled, f_scaled)`` for the robust Gauss-Newton model."""
+    """Return ``(cost, J_scaled, f_scaled)`` for the robust Gauss-Newton model
+    (``f_scale`` as in :func:`loss_cost`)."""
+    f_scale, lid = _split(f_scale)
     if loss == "linear":
         return 0.5 * jnp.dot(f, f), J, f
-    rho0, rho1, rho2 = _rho(loss, (f / f_scale) ** 2)
+    rho0, rho1, rho2 = _rho(loss, (f / f_scale) ** 2, lid)
     cost = 0.5 * f_scale ** 2 * jnp.sum(rho0)
     rho2 = rho2 / f_scale ** 2
     J_scale = rho1 + 2.0 * rho2 * f ** 2

@@ -101,6 +101,13 @@ class Linearization(NamedTuple):
     g: Any  # (n,) gradient J^T f
 
 
+def loss_scale(opts):
+    """``(f_scale, loss_id)`` of the solver options: what :func:`linearize` and
+    :func:`trial_cost` take as ``f_scale`` (the robust losses share one
+    compiled program and choose their ``rho`` by ``loss_id`` at run time)."""
+    return opts.f_scale, opts.loss_id
+
+
 def svd_options(problem) -> dict:
     """Keyword arguments of ``_smallla.svd_auto`` for the solvers' n x n SVDs:
     the unrolled kernel only in vmapped (batched) solves, where it replaces

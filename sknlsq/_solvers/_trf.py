@@ -30,7 +30,7 @@ from ._common import (build_quadratic_1d, check_termination, cl_scaling_vector,
                       jac_scale, make_strictly_feasible, minimize_quadratic_1d,
                       norm, safe_div, solve_lsq_trust_region, step_size_to_bound,
                       update_tr_radius)
-from ._problem import linearize, svd_options, trial_cost
+from ._problem import linearize, loss_scale, svd_options, trial_cost
 from ._smallla import svd_auto
 
 
@@ -59,7 +59,7 @@ def _g_norm(x, g, lb, ub, has_bounds):
 
 
 def init(problem, x0, data, lb, ub, x_scale, opts, *, has_bounds, use_jac_scale, m):
-    lin = linearize(problem, x0, data, opts.f_scale)
+    lin = linearize(problem, x0, data, loss_scale(opts))
     if use_jac_scale:
         _, scale_inv = jac_scale(lin.R)
     else:
@@ -159,7 +159,7 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
         predicted = -evaluate_quadratic(R_h, g_h, p_h)
         x_new = x + stp
 
-    f_new, cost_new, finite = trial_cost(problem, x_new, data, opts.f_scale)
+    f_new, cost_new, finite = trial_cost(problem, x_new, data, loss_scale(opts))
     step_h_norm = norm(stp_h)
     actual = state.cost - cost_new
     Delta_new, ratio = update_tr_radius(state.Delta, actual, predicted, step_h_norm,
@@ -172,7 +172,7 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     accept = finite & (actual > 0)
 
     def accepted(_):
-        lin = linearize(problem, x_new, data, opts.f_scale, hint=state.R)
+        lin = linearize(problem, x_new, data, loss_scale(opts), hint=state.R)
         si = jac_scale(lin.R, scale_inv)[1] if use_jac_scale else scale_inv
         return (x_new, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, si,
                 _g_norm(x_new, lin.g, lb, ub, has_bounds))

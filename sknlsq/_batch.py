@@ -33,8 +33,8 @@ import numpy as np
 
 from . import _model
 from ._config import compile_lowered, x64, x64_for_host_callbacks
-from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
-                   _initialize_feasible, _make_problem, _plan, _prepare_bounds,
+from ._fit import (DEFAULT_REFINE, _as_float_array, _as_floats, _bucket, _check_common,
+                   _initialize_feasible, _make_problem, _plan, _positive, _prepare_bounds,
                    _resolve_solver, _sample_axis)
 from ._pool import resolve_pool
 from ._solvers import MESSAGES, Options, advance, finish, running, start
@@ -76,7 +76,10 @@ class BatchFitResult:
 
 
 def _per_curve(a, K, n, name):
-    a = np.asarray(a, dtype=float)
+    try:
+        a = np.asarray(a, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be numbers: {exc}") from None
     if a.ndim == 0:
         return np.full((K, n), float(a))
     if a.shape == (n,):
@@ -88,7 +91,10 @@ def _per_curve(a, K, n, name):
 
 
 def _batch_bounds(bounds, K, n):
-    if isinstance(bounds, tuple) and len(bounds) == 2 and any(np.ndim(b) == 2 for b in bounds):
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
+        bounds = (bounds.lb, bounds.ub)
+    if (isinstance(bounds, (tuple, list)) and len(bounds) == 2
+            and any(np.ndim(b) == 2 for b in bounds)):
         lb = _per_curve(bounds[0], K, n, "bounds")
         ub = _per_curve(bounds[1], K, n, "bounds")
         if np.any(np.isnan(lb)) or np.any(np.isnan(ub)):
@@ -116,6 +122,8 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
     """
     pool = resolve_pool(pool)
     f_scale = _check_common(model, method, loss, nan_policy, jac, f_scale, refine)
+    if diff_step is not None:
+        diff_step = _positive(diff_step, "diff_step")
 
     if check_finite is None:
         check_finite = nan_policy is None
@@ -142,7 +150,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         names = _model.parameter_names(model, None)
         n = len(names)
     else:
-        p0a = np.asarray(p0, dtype=float)
+        p0a = _as_floats(p0, "p0")
         n = p0a.shape[-1] if p0a.ndim else 1
         names = _model.parameter_names(model, n)
     lb, ub = _batch_bounds(bounds, K, n)
@@ -168,7 +176,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
     # Weights: 1/sigma, sqrt(sample_weight), zero for missing points.
     W = np.ones((K, M))
     if sigma is not None:
-        sig = np.asarray(sigma, dtype=float)
+        sig = _as_floats(sigma, "sigma")
         if sig.ndim == 2 and sig.shape == (M, M) and K != M:
             raise ValueError("a covariance-matrix `sigma` is not supported in batched fits; "
                              "give per-point errors (shape (M,) or (K, M)).")
@@ -212,7 +220,8 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                 xdata = np.moveaxis(np.concatenate([xv, np.repeat(xv[..., -1:], pad, -1)],
                                                    axis=-1), -1, axis)
         opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),
-                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor),
+                       np.int32(max_nfev), np.float64(f_scale),
+                       np.float64(_positive(factor, "factor")),
                        np.float64(loss_id(loss)))
         problem_key = (plan.key, plan.out_shape if plan.mode == "host" else None,
                        static_loss(loss),

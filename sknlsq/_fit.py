@@ -10,8 +10,9 @@ Float64 policy: all computation runs in float64 inside a *scoped*
 ``jax.enable_x64(True)`` context, so a user's own float32 JAX code outside a
 fit is untouched (the global ``jax_enable_x64`` flag is never changed).
 
-Shape buckets: data of length M are padded to a bucket size (four buckets per
-octave) with zero-weight copies of the last point. Zero-weight rows have zero
+Shape buckets: data of length M are padded to a bucket size (a geometric
+sequence of ratio 1.25, see :func:`_bucket`) with zero-weight copies of the last
+point. Zero-weight rows have zero
 residual and zero Jacobian rows, so they change neither the QR factor, the
 cost nor any step: the result is the unpadded fit, while fits of 900, 1000
 and 1033 points reuse one compiled program.
@@ -19,6 +20,7 @@ and 1033 points reuse one compiled program.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import os
@@ -90,6 +92,72 @@ def _pointwise_program(model, k):
         return ev(x), ev(x[..., :k]), ev(x[..., k:])
 
     return jax.jit(three)
+
+
+# Verdicts of _rows_independent, by (model, host, sample axis, other dims of x).
+_ROW_CHECKS: dict = {}
+_ROW_CHECK_ROWS = 16
+
+
+def _rows_independent(f, host, x, axis, p0):
+    """Whether row i of ``f(x, *p0)`` depends on row i of ``x`` only (along the
+    sample ``axis``), so that padding the data with extra rows leaves the
+    values at the real rows, and so the fit, unchanged. Checked once per model
+    and layout on 16 rows of ``x``: their values evaluated together must equal
+    those of the two halves evaluated apart, which fails for models that use
+    the data as a whole (``x - mean(x)``, ``x / len(x)``, cumulative sums...).
+    A model that fails to evaluate on so few rows counts as dependent (the
+    fit then runs at its exact shape)."""
+    x = np.asarray(x, dtype=np.float64)
+    other = x.shape[:axis] + x.shape[axis + 1:]
+    key = (_model._hashable(f), host, axis, other)
+    verdict = _ROW_CHECKS.get(key)
+    if verdict is not None:
+        return verdict
+    k = _ROW_CHECK_ROWS // 2
+    xs = np.take(x, np.minimum(np.arange(2 * k), x.shape[axis] - 1), axis=axis)
+    parts = (xs, np.take(xs, np.arange(k), axis=axis), np.take(xs, np.arange(k, 2 * k), axis=axis))
+    p = np.asarray(p0, dtype=np.float64)
+    try:
+        with x64():
+            if host:
+                outs = [f(part, *p) for part in parts]
+            else:
+                def three(a, b, c, q):
+                    qs = [q[i] for i in range(q.shape[0])]
+                    return tuple(jnp.asarray(f(v, *qs), jnp.float64) for v in (a, b, c))
+
+                outs = jax.jit(three)(*parts, p)
+            both, *halves = (np.asarray(o, dtype=np.float64).reshape(-1) for o in outs)
+        verdict = (both.shape == (2 * k,) and all(h.shape == (k,) for h in halves)
+                   and bool(np.allclose(both, np.concatenate(halves), rtol=1e-12, atol=0,
+                                        equal_nan=True)))
+    except Exception:  # noqa: BLE001 - cannot tell: do not pad
+        verdict = False
+    if len(_ROW_CHECKS) > 1024:
+        _ROW_CHECKS.clear()
+    _ROW_CHECKS[key] = verdict
+    return verdict
+
+
+def _jac_shape(target, n, col_deriv):
+    """The shape a ``jac`` callable must return for model values of shape
+    ``target``."""
+    m = int(np.prod(target))
+    return (n, m) if col_deriv else (m, n)
+
+
+def _host_jac_shape(jac, x, axis, xshape, p0):
+    """Shape of ``jac(x, *p0)`` for a ``jac`` that JAX cannot trace (called once
+    with NumPy input, ``x`` edge-padded to ``xshape``); None if the call fails
+    (the fit reports that error when it calls ``jac``)."""
+    try:
+        xx = np.asarray(x, dtype=np.float64)
+        if tuple(xx.shape) != tuple(xshape) and axis is not None:
+            xx = _pad_along(xx, axis, xshape[axis])
+        return np.shape(jac(xx, *np.asarray(p0, dtype=np.float64)))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 _PAD_LIMIT = 1 << 22  # above this many points, fit the exact shape (no padding copy)
@@ -242,15 +310,27 @@ def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
 # --------------------------------------------------------------------------
 
 
+def _bucket_sizes(limit):
+    """Geometric bucket sizes, ratio 1.25 from 16, rounded up to multiples of 8
+    (at most 25% + 7 rows of padding; 900, 1000 and 1033 points share 1112)."""
+    sizes, v = [], float(_MIN_BUCKET)
+    while not sizes or sizes[-1] < limit:
+        size = -(-int(np.ceil(v - 1e-9)) // 8) * 8
+        if not sizes or size > sizes[-1]:
+            sizes.append(size)
+        v *= 1.25
+    return tuple(sizes)
+
+
+_BUCKETS = _bucket_sizes(_PAD_LIMIT)
+
+
 def _bucket(m):
+    """The padded length of ``m`` points (``m`` itself above the largest size)."""
     if m <= _MIN_BUCKET:
         return _MIN_BUCKET
-    e = 1 << (m - 1).bit_length() - 1  # largest power of two below m
-    for k in (5, 6, 7, 8):
-        size = e * k // 4
-        if size >= m:
-            return size
-    return 2 * e  # pragma: no cover
+    i = bisect.bisect_left(_BUCKETS, m)
+    return _BUCKETS[i] if i < len(_BUCKETS) else m
 
 
 def _unbounded(bounds):
@@ -346,6 +426,22 @@ def _check_tolerances(ftol, xtol, gtol, method):
     return vals["ftol"], vals["xtol"], vals["gtol"]
 
 
+def _as_floats(value, name):
+    """``np.asarray(value, dtype=float)``, with an error naming the argument."""
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be numeric: {exc}") from None
+
+
+def _positive(value, name):
+    """A positive finite number (or array of them), else an error naming it."""
+    v = _as_floats(value, name)
+    if v.size == 0 or not np.all(np.isfinite(v) & (v > 0)):
+        raise ValueError(f"`{name}` must be positive, got {value!r}.")
+    return v if v.ndim else float(v)
+
+
 def _check_common(model, method, loss, nan_policy, jac, f_scale, refine):
     """Validate the settings shared by single and batched fits; returns f_scale."""
     if not callable(model):
@@ -439,11 +535,25 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
             if xshape is None:
                 continue
             out, exc = _model.probe_jax(f, xshape, n)
+            if (out is not None and shape_ok(out, target) and padded
+                    and not _rows_independent(f, False, x, axis, p0)):
+                continue  # padding would change the model's values: exact shape
             if out is not None and shape_ok(out, target):
                 jac_mode = None
                 if callable(jac):
                     jout, _ = _model.probe_jax_jac(jac, xshape, n)
                     jac_mode = "jax" if jout is not None else "host"
+                    if jout is None:
+                        jout = _host_jac_shape(jac, x, axis, xshape, p0)
+                    want = _jac_shape(target, n, col_deriv)
+                    if jout is not None and tuple(jout) != want and not (
+                            n == 1 and tuple(jout) == (max(want),)):
+                        if padded:
+                            continue  # e.g. a jac of fixed length: fit the exact shape
+                        raise ValueError(f"`jac` returned an array of shape {tuple(jout)}; "
+                                         f"expected {want} ({'N, M' if col_deriv else 'M, N'}"
+                                         f" for M = {want[1] if col_deriv else want[0]} "
+                                         f"points and N = {n} parameters).")
                 return _model.ModelPlan(f, mode="jax", jac=jac if callable(jac) else None,
                                         jac_mode=jac_mode, col_deriv=col_deriv,
                                         out_shape=target), padded
@@ -458,7 +568,7 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
     # 2. Host path: the model must at least run on NumPy input.
     host_exc = None
     candidates = []
-    if pad_shape is not None:
+    if pad_shape is not None and _rows_independent(f, True, x, axis, p0):
         candidates.append((_pad_along(x, axis, m_pad) if axis is not None else x,
                            ypad_shape, True))
     candidates.append((x if x_is_array else x, y_shape, False))
@@ -512,7 +622,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         names = _model.parameter_names(model, None)
         n = len(names)
     else:
-        p0 = np.atleast_1d(np.asarray(p0, dtype=float)).ravel() if np.ndim(p0) <= 1 else None
+        p0 = np.atleast_1d(_as_floats(p0, "p0")).ravel() if np.ndim(p0) <= 1 else None
         if p0 is None:
             raise ValueError("`p0` must be a 1-D array_like of initial parameter values.")
         n = p0.size
@@ -538,7 +648,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
             raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers.")
         use_jac_scale, x_scale_arr = True, np.ones(n)
     else:
-        x_scale_arr = np.asarray(x_scale, dtype=float)
+        x_scale_arr = _as_floats(x_scale, "x_scale")
         if x_scale_arr.ndim == 0:
             x_scale_arr = np.full(n, float(x_scale_arr))
         if x_scale_arr.shape != (n,) or not np.all(np.isfinite(x_scale_arr) & (x_scale_arr > 0)):
@@ -607,7 +717,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     L = None
     w = _unit_weights(m)
     if sigma is not None:
-        sigma = np.asarray(sigma, dtype=float)
+        sigma = _as_floats(sigma, "sigma")
         if sigma.size == 1 or sigma.shape == (m,):
             with np.errstate(divide="ignore"):
                 w = np.broadcast_to(1.0 / sigma.reshape(-1), (m,)).astype(float)
@@ -626,7 +736,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
     fd_scheme = jac if isinstance(jac, str) else "2-point"
     jac_callable = jac if callable(jac) else None
-    rel_step = diff_step
+    rel_step = diff_step if diff_step is None else _positive(diff_step, "diff_step")
 
     # Large in-memory data: never form the m x n Jacobian (see _stream).
     if (weighting == "diag" and ydata.ndim == 1 and x_is_array and xdata.ndim in (1, 2)
@@ -665,7 +775,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         if not padded:
             m_pad = m
         opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),
-                       np.int32(max_nfev), np.float64(f_scale), np.float64(factor),
+                       np.int32(max_nfev), np.float64(f_scale),
+                       np.float64(_positive(factor, "factor")),
                        np.float64(loss_id(loss)))
         use_fwd = n <= max(m, 1) or m == 1
         lent = []

@@ -51,7 +51,12 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
         The model, ``f(x, *params)``. Written with ``jax.numpy`` it is traced,
         differentiated by autodiff and compiled; a NumPy-only model still
         works through a host finite-difference fallback (with a
-        :class:`~sknlsq.JaxFallbackWarning`).
+        :class:`~sknlsq.JaxFallbackWarning`). The compiled program is cached
+        (in the :class:`~sknlsq.MemoryPool`) under the identity of ``f``, as
+        ``jax.jit`` does: values ``f`` reads from globals, closures or its
+        own attributes are those it saw when first traced. Pass values that
+        change as parameters or in ``xdata``, use a new function object
+        (``functools.partial(f, k=...)``), or call the pool's ``clear()``.
     xdata : array_like or object
         The independent variable: an M-length sequence or a (k, M) array for
         functions with k predictors (or any object the model accepts).

@@ -236,6 +236,38 @@ def test_model_returns_wrong_shape(method):
                   lambda: curve_fit(lambda x, a, b: a * jnp.ones(3) + b, X, Y, method=method))
 
 
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(sigma="a"), "sigma"), (dict(p0=["a", 1.0]), "p0"), (dict(factor="a"), "factor"),
+    (dict(factor=-1.0), "factor"), (dict(factor=0.0), "factor"), (dict(diff_step="a"), "diff_step"),
+    (dict(x_scale=["a", 1.0]), "x_scale")])
+@pytest.mark.parametrize("batch", [False, True])
+def test_non_numeric_or_non_positive_settings_name_the_argument(kwargs, name, batch):
+    # scipy: "could not convert string to float" / "Improper input parameters"
+    # (factor <= 0); sknlsq names the argument, single and batched alike.
+    kwargs = dict(dict(p0=[1.0, 1.0]), **kwargs)
+    if name == "diff_step":
+        kwargs["jac"] = "2-point"
+    ydata = np.stack([Y, 2 * Y]) if batch else Y
+    assert_raises(ValueError, f"`{name}`",
+                  lambda: curve_fit(decay, X, ydata, batch=batch, **kwargs))
+
+
+@pytest.mark.parametrize("jac", [lambda x, a, b: jnp.ones((len(X), 1)),
+                                 lambda x, a, b: np.ones((len(X), 3)),
+                                 lambda x, a, b: jnp.ones((2, len(X)))],
+                         ids=["jax-columns", "numpy-columns", "transposed"])
+def test_jac_returns_wrong_shape(jac):
+    # scipy: ValueError from least_squares / MINPACK about the Jacobian's shape.
+    assert_raises(ValueError, r"`jac`.*shape.*\(8, 2\)",
+                  lambda: curve_fit(decay, X, Y, p0=[1.0, 1.0], jac=jac))
+    # A jac that ignores x's length (so cannot be padded) but is right for the
+    # data runs at the exact shape and agrees with autodiff.
+    fixed = curve_fit(decay, X, Y, p0=[1.0, 1.0],
+                      jac=lambda x, a, b: jnp.stack([jnp.exp(-b * X), -a * X * jnp.exp(-b * X)],
+                                                    axis=1))[0]
+    np.testing.assert_allclose(fixed, curve_fit(decay, X, Y, p0=[1.0, 1.0])[0], rtol=1e-8)
+
+
 class Boom(RuntimeError):
     pass
 

@@ -67,6 +67,14 @@ def test_per_curve_p0_and_bounds():
                               bounds=(lb[k], ub[k]), ftol=1e-14, xtol=1e-14, gtol=1e-14)[0]
         np.testing.assert_allclose(res.params[k], one, rtol=1e-5)
     assert res.params[2, 1] == pytest.approx(0.3)
+    # The same bounds as a list or as scipy.optimize.Bounds, as scipy accepts them.
+    from scipy.optimize import Bounds
+
+    for bounds in ([lb, ub], Bounds(lb, ub)):
+        again = fit_curves(decay, x, Y, p0=np.minimum(p0, ub - 1e-3), bounds=bounds)
+        np.testing.assert_array_equal(again.params, res.params)
+    with pytest.raises(ValueError, match="p0"):
+        fit_curves(decay, x, Y, p0=[["a", 1, 1]] * 6)
 
 
 def test_ragged_curves_are_fitted_on_their_own_points():

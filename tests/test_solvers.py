@@ -169,11 +169,10 @@ def test_interleaved_fits_share_a_program_without_leaking():
 
 def test_bucket_sizes():
     assert _bucket(1) == 16
-    assert _bucket(900) == _bucket(1000) == 1024
-    assert _bucket(1033) == 1280
-    for m in range(1, 5000, 37):
+    assert _bucket(900) == _bucket(1000) == _bucket(1033)  # the example
+    for m in range(1, 300_000, 37):
         b = _bucket(m)
-        assert m <= b <= max(16, 1.25 * m + 1)
+        assert m <= b <= max(24, 1.25 * m + 8) and b % 8 == 0
 
 
 # --------------------------------------------------------------------------

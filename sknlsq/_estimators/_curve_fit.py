@@ -99,6 +99,9 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         otherwise. Write it with ``jax.numpy`` for autodiff and compilation;
         a NumPy-only model works through a finite-difference fallback.
         ``None`` fits a linear model ``intercept + sum_j coef_j * x_j``.
+        Compiled programs are cached under the model object's identity:
+        values it reads from globals or its attributes are those it saw
+        when first traced (see :func:`sknlsq.curve_fit`).
     p0 : array-like of shape (n_params,) or (n_targets, n_params), default=None
         Initial parameters. Default: ones (zeros for the linear model), or
         the middle of finite bounds, as in scipy. Required for a model

@@ -108,12 +108,12 @@ def _rows_independent(f, host, x, axis, p0):
     the data as a whole (``x - mean(x)``, ``x / len(x)``, cumulative sums...).
     A model that fails to evaluate on so few rows counts as dependent (the
     fit then runs at its exact shape)."""
-    x = np.asarray(x, dtype=np.float64)
-    other = x.shape[:axis] + x.shape[axis + 1:]
-    key = (_model._hashable(f), host, axis, other)
+    shape = np.shape(x)
+    key = (_model._hashable(f), host, axis, shape[:axis] + shape[axis + 1:])
     verdict = _ROW_CHECKS.get(key)
     if verdict is not None:
         return verdict
+    x = np.asarray(x, dtype=np.float64)
     k = _ROW_CHECK_ROWS // 2
     xs = np.take(x, np.minimum(np.arange(2 * k), x.shape[axis] - 1), axis=axis)
     parts = (xs, np.take(xs, np.arange(k), axis=axis), np.take(xs, np.arange(k, 2 * k), axis=axis))

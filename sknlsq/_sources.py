@@ -735,7 +735,9 @@ class IterableSource(ChunkSource):
     def fingerprint(self):
         # Only what is known before a pass, so that a fresh source (as on a
         # resume in a new process) fingerprints like the one that saved the
-        # checkpoint. The data themselves cannot be checked without a pass.
+        # checkpoint. The data themselves cannot be checked without a pass:
+        # the chunked fit adds a digest of the first chunk to its checkpoint
+        # and checks the row count of the first complete pass on a resume.
         return {
             "kind": "iterable",
             "factory": f"{getattr(self.factory, '__module__', None)}.{self._name()}",

@@ -30,12 +30,17 @@ Two modes, both exact where they claim to be:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
 import time
+import types
 from dataclasses import dataclass
 from functools import partial
 
@@ -55,7 +60,7 @@ from ._solvers._losses import loss_id, static_loss
 from ._solvers._problem import loss_scale
 from ._sources import ChunkSource, _check_chunk_size, check_chunk
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: model fingerprint by its computation, digest of chunk 0
 
 
 # --------------------------------------------------------------------------
@@ -65,6 +70,36 @@ CHECKPOINT_VERSION = 1
 _readers: dict = {}
 _readers_lock = threading.Lock()
 _tokens = itertools.count(1)
+
+
+class _ChunkError(Exception):
+    """Raised inside the io_callback in place of the reader's own exception.
+
+    The original is kept in ``_Reader.error`` and re-raised by
+    :func:`fit_chunked` once the compiled program has stopped; this stand-in
+    only has to stop the program, and lets :class:`_DropChunkErrors`
+    recognise the failure as ours.
+    """
+
+
+class _DropChunkErrors(logging.Filter):
+    """Drops JAX's "jax.io_callback failed" log record (with a traceback)
+    for a chunk error of our reader: the error reaches the caller as an
+    exception anyway, so the log would only repeat it, even when the caller
+    catches it. Every other record passes."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _ChunkError)
+
+
+def _install_log_filter():
+    logger = logging.getLogger("jax._src.callback")  # where io_callback logs failures
+    if not any(type(f).__name__ == _DropChunkErrors.__name__ for f in logger.filters):
+        logger.addFilter(_DropChunkErrors())
+
+
+_install_log_filter()
 
 
 def _dispatch(token, k):
@@ -83,7 +118,8 @@ class _Reader:
     the compiled program has stopped.
     """
 
-    def __init__(self, source, chunk_size, n_features, nan_policy, fill_x, progress=None):
+    def __init__(self, source, chunk_size, n_features, nan_policy, fill_x, progress=None,
+                 checkpoint=None):
         self.source = source
         self.cs = chunk_size
         self.nf = n_features
@@ -93,11 +129,16 @@ class _Reader:
         self.error = None
         self.passes = 0
         self.rows_seen = self.valid_rows = None  # of the last complete pass
+        # (rows_seen, valid_rows) stored in the checkpoint resumed from: the
+        # first complete pass must find the same counts.
+        self.checkpoint = checkpoint
+        self.expected_rows = None
         self.pass_seconds = []
         self._it = None
         self._pending = None
         self._next = 0
         self._rows = self._valid = 0
+        self._whole = False  # the current pass started at chunk 0
         self._t0 = 0.0
 
     def close(self):
@@ -115,13 +156,15 @@ class _Reader:
             if self.error is None:
                 self.error = exc
             self.close()
-            raise
+            # Stops the program; fit_chunked re-raises ``self.error``.
+            raise _ChunkError(f"{type(exc).__name__}: {exc}") from None
 
     def _read(self, k):
         if k == 0 or k != self._next or self._it is None:
             self.close()
             self._it = self.source.chunks(self.cs, start_chunk=k)
             self._pending = self._fetch()
+            self._whole = k == 0
             if k == 0:
                 self._rows = self._valid = 0
                 self._t0 = time.perf_counter()
@@ -133,7 +176,7 @@ class _Reader:
         self._next = k + 1
         chunk = check_chunk(chunk, self.nf, self.nan_policy)
         rows = chunk.n_rows
-        X = chunk.X.reshape(rows, -1)
+        X = chunk.X  # (rows, nf), checked; rows may be 0 with nan_policy='omit'
         w = np.ones(rows) if chunk.sample_weight is None else np.sqrt(chunk.sample_weight)
         Xp = np.empty((self.cs, self.nf))
         Xp[:rows] = X
@@ -148,6 +191,8 @@ class _Reader:
             self.progress.update(rows)
         if not more:
             self.close()
+            if self._whole and self.expected_rows is not None:
+                self._check_rows(self._rows, self._valid)
             self.passes += 1
             self.rows_seen, self.valid_rows = self._rows, self._valid
             self.pass_seconds.append(time.perf_counter() - self._t0)
@@ -155,6 +200,33 @@ class _Reader:
                 self.progress.set_postfix(passes=self.passes, refresh=False)
         xd = Xp[:, 0].copy() if self.nf == 1 else np.ascontiguousarray(Xp.T)
         return xd, yp, wp, np.bool_(more)
+
+    def _check_rows(self, rows, valid):
+        """The first complete pass after a resume must count the rows that
+        the checkpoint recorded: for a source whose fingerprint cannot see
+        all the data (an IterableSource), this is where other data show."""
+        want_rows, want_valid = self.expected_rows
+        self.expected_rows = None
+        if (rows, valid) != (want_rows, want_valid):
+            raise ValueError(f"`checkpoint` file {os.fspath(self.checkpoint)!r} belongs to a "
+                             f"different fit: a pass over the data gave {rows} rows "
+                             f"({valid} with non-zero weight), the fit that saved it saw "
+                             f"{want_rows} ({want_valid}). Delete it or use another path.")
+
+    def count_pass(self):
+        """Count the rows of one pass on the host (no model evaluation) and
+        check them: a finished checkpoint resumes without a pass of the fit."""
+        rows = valid = 0
+        chunks = self.source.chunks(self.cs)
+        try:
+            for chunk in chunks:
+                chunk = check_chunk(chunk, self.nf, self.nan_policy)
+                w = chunk.sample_weight
+                rows += chunk.n_rows
+                valid += chunk.n_rows if w is None else int(np.count_nonzero(w))
+        finally:
+            chunks.close()
+        self._check_rows(rows, valid)
 
 
 def _xshape(cs, nf):
@@ -271,11 +343,137 @@ def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xto
         use_jac_scale = False
     opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol), np.int32(max_nfev),
                    np.float64(f_scale), np.float64(10.0), np.float64(loss_id(loss)))
-    model_name = (f"{getattr(model, '__module__', '')}."
-                  f"{getattr(model, '__qualname__', type(model).__name__)}")
-    return dict(model_name=model_name, p0=p0, n=n, names=names, lb=lb, ub=ub,
+    return dict(model_name=_callable_name(model), p0=p0, n=n, names=names, lb=lb, ub=ub,
                 has_bounds=has_bounds, method=method, use_jac_scale=use_jac_scale, xs=xs,
                 opts=opts, loss=loss)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _callable_name(model):
+    return (f"{getattr(model, '__module__', '')}."
+            f"{getattr(model, '__qualname__', type(model).__name__)}")
+
+
+def _model_fingerprint(model, plan, xsample, n):
+    """What identifies the model's computation in a checkpoint: its name plus
+    the SHA-256 of its jaxpr (text and constants) for a model that traces,
+    else of its code, defaults, closure and partial arguments.
+
+    The name alone would let a checkpoint of ``partial(f, k=0)`` resume a fit
+    of ``partial(f, k=100)`` (or of another lambda) and return the first
+    fit's parameters. Values a NumPy model reads from globals are not seen.
+    """
+    name = _callable_name(model)
+    if plan.mode == "jax":
+        try:
+            closed = jax.make_jaxpr(plan.evaluate)(
+                jax.ShapeDtypeStruct((n,), jnp.float64),
+                jax.ShapeDtypeStruct(np.shape(xsample), jnp.float64))
+        except Exception:  # noqa: BLE001 - traced for the plan; fall back to the code
+            closed = None
+        if closed is not None:
+            digest = hashlib.sha256(_ADDRESS.sub("", str(closed.jaxpr)).encode())
+            for c in closed.consts:
+                _hash_value(np.asarray(c), digest, 0)
+            return f"{name} jaxpr:{digest.hexdigest()}"
+    digest = hashlib.sha256()
+    _hash_callable(model, digest, 0)
+    return f"{name} code:{digest.hexdigest()}"
+
+
+_MAX_DEPTH = 6  # of nested partials, closures and containers hashed
+
+
+def _hash_code(code, digest):
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):  # nested functions, comprehensions
+            _hash_code(c, digest)
+        else:
+            digest.update(_ADDRESS.sub("", repr(c)).encode())
+
+
+def _hash_callable(f, digest, depth):
+    if depth > _MAX_DEPTH:
+        return
+    digest.update(_callable_name(f).encode())
+    if isinstance(f, functools.partial):
+        _hash_callable(f.func, digest, depth + 1)
+        _hash_value(f.args, digest, depth + 1)
+        _hash_value(dict(f.keywords), digest, depth + 1)
+    elif isinstance(f, types.MethodType):
+        _hash_callable(f.__func__, digest, depth + 1)
+        _hash_value(getattr(f.__self__, "__dict__", None), digest, depth + 1)
+    elif isinstance(f, types.FunctionType):
+        _hash_code(f.__code__, digest)
+        _hash_value(f.__defaults__, digest, depth + 1)
+        _hash_value(f.__kwdefaults__, digest, depth + 1)
+        cells = tuple(c.cell_contents for c in f.__closure__ or ()
+                      if _cell_filled(c))
+        _hash_value(cells, digest, depth + 1)
+    else:  # a callable object: its class's __call__ and its attributes
+        call = getattr(type(f), "__call__", None)
+        if isinstance(call, types.FunctionType):
+            _hash_callable(call, digest, depth + 1)
+        _hash_value(getattr(f, "__dict__", None), digest, depth + 1)
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True
+
+
+def _hash_value(v, digest, depth):
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+        a = np.asarray(v)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    elif isinstance(v, (tuple, list)):
+        digest.update(f"{type(v).__name__}{len(v)}".encode())
+        for item in v:
+            _hash_value(item, digest, depth + 1)
+    elif isinstance(v, dict):
+        digest.update(f"dict{len(v)}".encode())
+        for key in sorted(v, key=repr):
+            digest.update(repr(key).encode())
+            _hash_value(v[key], digest, depth + 1)
+    elif isinstance(v, (types.FunctionType, functools.partial, types.MethodType)):
+        _hash_callable(v, digest, depth + 1)
+    else:  # numbers, strings, None, modules, other objects (without addresses)
+        digest.update(_ADDRESS.sub("", repr(v)).encode())
+
+
+def _chunk_digest(chunk):
+    """SHA-256 of a chunk's raw rows, for the checkpoint's data check."""
+    digest = hashlib.sha256()
+    for a in (chunk.X, chunk.y, chunk.sample_weight):
+        if a is None:
+            digest.update(b"none")
+        else:
+            digest.update(f"{np.shape(a)}".encode())
+            digest.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
+def _check_checkpoint_path(checkpoint):
+    """Refuse, before any pass, a ``checkpoint`` that could never be written."""
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        raise ValueError(f"`checkpoint` {path!r} is a directory; give a file path such as "
+                         f"{os.path.join(path, 'fit.npz')!r}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        what = ("is not a directory; choose another path" if os.path.exists(folder)
+                else "does not exist; create it or choose another path")
+        raise ValueError(f"`checkpoint` {path!r}: its folder {folder!r} {what}.")
 
 
 def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None,
@@ -299,11 +497,16 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
             or checkpoint_every < 1):
         raise ValueError(f"`checkpoint_every` must be a positive integer, got "
                          f"{checkpoint_every!r}.")
+    if checkpoint is not None:
+        _check_checkpoint_path(checkpoint)
     pool = resolve_pool(pool)
 
-    # The first chunk: number of features, a valid row for padding, the plan.
-    first = None
+    # The first chunk: number of features, a valid row for padding, the plan,
+    # and (for checkpoints) a digest of the raw rows of chunk 0.
+    first = first_digest = None
     for chunk in source.chunks(cs):
+        if first_digest is None and checkpoint is not None:
+            first_digest = _chunk_digest(chunk)
         first = check_chunk(chunk, source.n_features, nan_policy)
         if first.n_rows:
             break
@@ -326,13 +529,16 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
 
         progress = tqdm(total=None, unit="pt", unit_scale=True, desc="sknlsq passes",
                         leave=verbose > 1 or None)
-    reader = _Reader(source, cs, nf, nan_policy, fill_x, progress)
+    reader = _Reader(source, cs, nf, nan_policy, fill_x, progress, checkpoint)
     token = next(_tokens)
     steps = int(checkpoint_every) if checkpoint is not None else None
     try:
         with x64():
             plan, _ = _plan(model, xsample, True, n, cs, cs, (cs,), (cs,), None, "2-point",
                             None, False, st["p0"], st["lb"], st["ub"], -1, stacklevel + 1)
+            if checkpoint is not None:
+                st = dict(st, model_name=_model_fingerprint(model, plan, xsample, n),
+                          first_chunk=first_digest)
             m_hint = source.n_samples if source.n_samples is not None else cs
             data = {"token": np.int64(token), "m": np.float64(m_hint)}
             key = ("chunked-host", cs, nf)
@@ -570,7 +776,7 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
     if checkpoint is not None:
         expected = dict(version=CHECKPOINT_VERSION, source=source.fingerprint(),
                         settings=_settings_fingerprint(st, cs, nan_policy, refine),
-                        model=st["model_name"])
+                        model=st["model_name"], first_chunk=st.get("first_chunk"))
         if os.path.exists(os.fspath(checkpoint)):
             info = template_of()
             template = jax.tree_util.tree_leaves(info)
@@ -581,6 +787,11 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
             if reader is not None and meta.get("valid_rows") is not None:
                 reader.valid_rows = meta["valid_rows"]
                 reader.rows_seen = meta["rows_seen"]
+                reader.expected_rows = (meta["rows_seen"], meta["valid_rows"])
+                if meta.get("done") and "n_samples" not in expected["source"]:
+                    # No pass will follow, and the fingerprint does not hold
+                    # the size of the data (an IterableSource): count it.
+                    reader.count_pass()
     if carry is None:
         carry = start_prog(*args)
     if reader is not None and reader.valid_rows is not None:

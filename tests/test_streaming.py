@@ -9,6 +9,8 @@ batch least-squares solution).
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
 
 import h5py
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import pytest
 
 from nist_strd import MODELS, NAMES, digits, load
 from sknlsq import (ArraySource, CurveFitRegressor, HDF5Source, IterableSource,
-                    StreamingCurveFitRegressor, curve_fit)
+                    JaxFallbackWarning, StreamingCurveFitRegressor, curve_fit)
 from sknlsq._stream import fit_chunked, fit_in_chunks
 
 
@@ -262,6 +264,196 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     with pytest.raises(ValueError, match="different fit.*source"):
         StreamingCurveFitRegressor(gauss, p0=P0, checkpoint=ck, chunk_size=2000).fit(X2, y2)
     assert not list(tmp_path.glob(".sknlsq-ckpt-*"))  # no temporary files left
+
+
+def _decay(x, a, b, k):
+    return a * jnp.exp(-b * x) + k
+
+
+def _decay_np(x, a, b, k):
+    return a * np.exp(-b * x) + k
+
+
+@functools.lru_cache(maxsize=None)
+def _decay_data(m=1003):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 5, m)
+    return x[:, None], 2.0 * np.exp(-0.7 * x) + 0.01 * rng.normal(size=m)
+
+
+def test_checkpoint_of_another_model_with_the_same_name_is_refused(tmp_path):
+    """The checkpoint identifies the model's computation, not its name: two
+    partials (or two lambdas) share a qualname but not a jaxpr, two NumPy
+    models (run through host callbacks) not their code and arguments."""
+    X, y = _decay_data()
+    kw = dict(p0=[1.0, 1.0], chunk_size=200)
+    ck = tmp_path / "fit.npz"
+    first = StreamingCurveFitRegressor(functools.partial(_decay, k=0.0), checkpoint=ck,
+                                       **kw).fit(X, y)
+    # The same computation in another object resumes: no pass, same result.
+    again = StreamingCurveFitRegressor(functools.partial(_decay, k=0.0), checkpoint=ck,
+                                       **kw).fit(X, y)
+    assert again.passes_ == 0
+    assert np.array_equal(again.params_, first.params_)
+    with pytest.raises(ValueError, match="different fit.*'model'"):
+        StreamingCurveFitRegressor(functools.partial(_decay, k=100.0), checkpoint=ck,
+                                   **kw).fit(X, y)
+    ck2 = tmp_path / "lambda.npz"
+    StreamingCurveFitRegressor(lambda x, a, b: a * jnp.exp(-b * x), checkpoint=ck2,
+                               **kw).fit(X, y)
+    with pytest.raises(ValueError, match="different fit.*'model'"):
+        StreamingCurveFitRegressor(lambda x, a, b: a * jnp.exp(-b * x) + 1.0, checkpoint=ck2,
+                                   **kw).fit(X, y)
+    ck3 = tmp_path / "numpy.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JaxFallbackWarning)
+        first = StreamingCurveFitRegressor(functools.partial(_decay_np, k=0.0),
+                                           checkpoint=ck3, **kw).fit(X, y)
+        again = StreamingCurveFitRegressor(functools.partial(_decay_np, k=0.0),
+                                           checkpoint=ck3, **kw).fit(X, y)
+        assert again.passes_ == 0
+        assert np.array_equal(again.params_, first.params_)
+        with pytest.raises(ValueError, match="different fit.*'model'"):
+            StreamingCurveFitRegressor(functools.partial(_decay_np, k=1.0), checkpoint=ck3,
+                                       **kw).fit(X, y)
+        with pytest.raises(ValueError, match="different fit.*'model'"):
+            StreamingCurveFitRegressor(lambda x, a, b: a * np.exp(-b * x), checkpoint=ck3,
+                                       **kw).fit(X, y)
+
+
+FP_MODULE = '''
+import functools
+import numpy as np
+
+
+def decay(x, a, b, k, scale=np.array([1.0, 2.0])):
+    return a * np.exp(-b * x) + k * scale[0]
+
+
+model = functools.partial(decay, k=0.5)
+'''
+
+FP_CHILD = '''
+import sys, warnings
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import fpmodel
+from sknlsq import StreamingCurveFitRegressor
+warnings.simplefilter("ignore")
+rng = np.random.default_rng(4)
+x = rng.uniform(0, 5, 1003)
+y = 2.0 * np.exp(-0.7 * x) + 0.01 * rng.normal(size=x.size)
+StreamingCurveFitRegressor(fpmodel.model, p0=[1.0, 1.0], chunk_size=200,
+                           checkpoint=sys.argv[2]).fit(x[:, None], y)
+'''
+
+
+def test_numpy_model_checkpoint_resumes_in_a_new_process(tmp_path, monkeypatch):
+    """The fingerprint of a model run through host callbacks (code,
+    defaults, partial arguments) is the same in another process."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "fpmodel.py").write_text(FP_MODULE)
+    ck = tmp_path / "fit.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", FP_CHILD, str(tmp_path), str(ck)], env=env,
+                   check=True, timeout=240)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fpmodel
+
+    X, y = _decay_data()
+    kw = dict(p0=[1.0, 1.0], chunk_size=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JaxFallbackWarning)
+        resumed = StreamingCurveFitRegressor(fpmodel.model, checkpoint=ck, **kw).fit(X, y)
+        straight = StreamingCurveFitRegressor(fpmodel.model, **kw).fit(X, y)
+    assert resumed.passes_ == 0
+    np.testing.assert_allclose(resumed.params_, straight.params_, rtol=1e-12)
+
+
+def test_checkpoint_of_other_data_from_a_callable_is_refused(tmp_path):
+    """A callable's data are checked by the digest of the first chunk and
+    by the row count of the first complete pass (a finished checkpoint:
+    a counting pass on the host)."""
+    X, y = _data(m=1003)
+
+    def make(yy, m=1003, fail_on=None):
+        calls = {"n": 0}
+
+        def chunks():
+            calls["n"] += 1
+            for i in range(0, m, 150):
+                if calls["n"] == fail_on and i >= 300:
+                    raise OSError("disk went away")
+                yield X[i:min(i + 150, m)], yy[i:min(i + 150, m)]
+
+        return chunks
+
+    kw = dict(p0=P0, chunk_size=200)
+    ck = tmp_path / "fit.npz"
+    StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y))
+    with pytest.raises(ValueError, match="different fit.*'first_chunk'"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(2 * y))
+    with pytest.raises(ValueError, match="different fit.*gave 900 rows.*saw 1003"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y, m=900))
+    # An unfinished checkpoint: the first pass of the resumed fit counts.
+    ck.unlink()
+    with pytest.raises(RuntimeError, match="user chunk"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y, fail_on=7))
+    assert ck.exists()
+    with pytest.raises(ValueError, match="different fit.*gave 900 rows.*saw 1003"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y, m=900))
+    resumed = StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y))
+    straight = StreamingCurveFitRegressor(gauss, **kw).fit(make(y))
+    np.testing.assert_allclose(resumed.params_, straight.params_, rtol=1e-12)
+
+
+def test_retry_with_the_same_iterable_source_resumes_its_checkpoint(tmp_path):
+    """A failed fit taught its IterableSource the number of rows; the retry
+    with that source must keep the chunk size (it is in the checkpoint)."""
+    X, y = _data(m=1003)
+    state = {"calls": 0, "fail": True}
+
+    def chunks():
+        state["calls"] += 1
+        for i in range(0, 1003, 150):
+            if state["fail"] and state["calls"] == 7 and i >= 300:
+                raise OSError("transient NFS error")
+            yield X[i:i + 150], y[i:i + 150]
+
+    kw = dict(p0=P0, chunk_size=4096, ftol=1e-12, xtol=1e-12)
+    ck = tmp_path / "fit.npz"
+    src = IterableSource(chunks)
+    est = StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw)
+    with pytest.raises(RuntimeError, match="user chunk"):
+        est.fit(src)
+    assert ck.exists() and src.n_samples == 1003
+    state["fail"] = False
+    resumed = est.fit(src)
+    straight = StreamingCurveFitRegressor(gauss, **kw).fit(IterableSource(chunks))
+    assert 0 < resumed.passes_ < straight.passes_
+    np.testing.assert_allclose(resumed.params_, straight.params_, rtol=1e-12)
+
+
+def test_checkpoint_in_a_missing_folder_is_refused_before_any_pass(tmp_path):
+    X, y = _data(m=1003)
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        yield X, y
+
+    (tmp_path / "file").write_text("")
+    for ck, what in [(tmp_path / "nope" / "fit.npz", "does not exist"),
+                     (tmp_path / "file" / "fit.npz", "is not a directory"),
+                     (tmp_path, "is a directory")]:
+        with pytest.raises(ValueError, match=f"`checkpoint`.*{what}"):
+            StreamingCurveFitRegressor(gauss, p0=P0, checkpoint=ck).fit(chunks)
+        with pytest.raises(ValueError, match=f"`checkpoint`.*{what}"):
+            fit_chunked(gauss, IterableSource(chunks), p0=P0, checkpoint=ck)
+    assert calls == []
 
 
 # --------------------------------------------------------------------------
@@ -525,3 +717,161 @@ def test_h5py_datasets_can_be_passed_directly(tmp_path):
         est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=3000).fit(f["X"], f["y"])
     assert np.array_equal(est.params_, ref.params_)
     assert est.n_features_in_ == 1
+
+
+def test_fit_hands_h5py_lists_iterators_and_paths_to_the_sources(tmp_path):
+    X, y = _data(m=1003)
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["a"] = X[:, 0]
+        f["y"] = y
+    ref = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=200).fit(X, y)
+    with h5py.File(path, "r") as f:
+        est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=200).fit([f["a"]], f["y"])
+    assert np.array_equal(est.params_, ref.params_)
+    assert est.n_features_in_ == 1
+    with pytest.raises(TypeError, match="one-shot generator.*callable"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(c for c in [(X, y)])
+    with pytest.raises(TypeError, match="one-shot"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(iter([(X, y)]))
+    for p in (path, str(path)):
+        with pytest.raises(TypeError, match="file path.*dataset names.*HDF5Source"):
+            StreamingCurveFitRegressor(gauss, p0=P0).fit(p)
+
+
+def test_memmap_passed_as_x_is_read_lazily(tmp_path, monkeypatch):
+    """``fit(memmap, y)`` reads the file one chunk at a time (no float64
+    copy of the whole array) and keeps scikit-learn's shape checks."""
+    import sknlsq._estimators._streaming as streaming
+
+    X, y = _data(m=1003)
+    mx = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,
+                                   shape=X.shape)
+    mx[:] = X
+    mx.flush()
+    mx = np.load(tmp_path / "x.npy", mmap_mode="r")
+    seen = []
+
+    class Spy(ArraySource):
+        def __init__(self, X, y, sample_weight=None):
+            seen.append(X)
+            super().__init__(X, y, sample_weight)
+
+    monkeypatch.setattr(streaming, "ArraySource", Spy)
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=200).fit(mx, y)
+    assert isinstance(seen[0], np.memmap) and seen[0].dtype == np.float32
+    ref = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=200).fit(
+        X.astype(np.float32).astype(float), y)
+    assert np.array_equal(est.params_, ref.params_)
+    assert est.n_features_in_ == 1 and not hasattr(est, "feature_names_in_")
+    with pytest.raises(ValueError, match="2D"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(mx[:, 0], y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(mx, y[:-1])
+    with pytest.raises(ValueError, match="requires y"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(mx)
+
+
+def test_feature_names_are_dropped_by_a_fit_from_a_source():
+    pd = pytest.importorskip("pandas")
+    X, y = _data(m=1003)
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=200)
+    est.fit(pd.DataFrame(X, columns=["u"]), y)
+    assert list(est.feature_names_in_) == ["u"]
+    est.fit(IterableSource(lambda: iter([(X, y)])))
+    assert not hasattr(est, "feature_names_in_")
+    ref = CurveFitRegressor(gauss, p0=P0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fitted with feature names" warning
+        np.testing.assert_allclose(est.predict(X[:5]), ref.predict(X[:5]), rtol=1e-7)
+
+
+def test_predict_after_partial_fit_without_valid_rows_is_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    X, y = _data(m=1003)
+    est = StreamingCurveFitRegressor(gauss, p0=P0, nan_policy="omit")
+    est.partial_fit(X[:5], np.full(5, np.nan))
+    with pytest.raises(NotFittedError):
+        est.predict(X[:3])
+    est.partial_fit(X, y)
+    ref = CurveFitRegressor(gauss, p0=P0).fit(X, y)
+    assert _rel(est.params_, ref.params_) < 1e-6
+
+
+def test_nan_policy_omit_with_chunks_without_valid_rows():
+    X, y = _data(m=1003)
+    y = y.copy()
+    y[:100] = np.nan  # chunk 0: the padding row comes from chunk 1
+    y[300:400] = np.nan  # chunk 3
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=100, nan_policy="omit")
+    est.fit(X, y)
+    keep = np.isfinite(y)
+    ref = CurveFitRegressor(gauss, p0=P0).fit(X[keep], y[keep])
+    assert est.n_points_ == keep.sum()
+    assert _rel(est.params_, ref.params_) < 1e-7
+
+
+def test_nan_sample_weight_is_omitted_like_for_a_source():
+    X, y = _data(m=1003)
+    w = np.random.default_rng(7).uniform(0.5, 2.0, y.size)
+    w[[10, 500]] = np.nan
+    w[700] = np.inf
+    keep = np.isfinite(w)
+    tol = dict(ftol=1e-12, xtol=1e-12)
+    kw = dict(p0=P0, chunk_size=200, nan_policy="omit", **tol)
+    est = StreamingCurveFitRegressor(gauss, **kw).fit(X, y, sample_weight=w)
+    src = StreamingCurveFitRegressor(gauss, **kw).fit(ArraySource(X, y, w))
+    ref = CurveFitRegressor(gauss, p0=P0, **tol).fit(X[keep], y[keep], sample_weight=w[keep])
+    assert est.n_points_ == src.n_points_ == keep.sum()
+    assert np.array_equal(est.params_, src.params_)
+    assert _rel(est.params_, ref.params_) < 1e-8
+    online = StreamingCurveFitRegressor(gauss, p0=P0, nan_policy="omit", **tol)
+    online.partial_fit(X, y, sample_weight=w)
+    assert online.n_points_ == keep.sum()
+    assert _rel(online.params_, ref.params_) < 1e-6
+    for policy in ("raise", "omit"):
+        bad = w if policy == "raise" else np.where(np.arange(w.size) == 3, -1.0, w)
+        est = StreamingCurveFitRegressor(gauss, p0=P0, nan_policy=policy)
+        with pytest.raises(ValueError, match="sample_weight"):
+            est.fit(X, y, sample_weight=bad)
+        with pytest.raises(ValueError, match="sample_weight"):
+            est.partial_fit(X, y, sample_weight=bad)
+
+
+def test_chunk_errors_are_not_logged_by_jax(caplog):
+    """A chunk error reaches the caller as an exception; JAX's log record
+    of the failed io_callback (with a traceback) is dropped, other records
+    of that logger are not."""
+    from sknlsq._stream import _DropChunkErrors
+
+    X, y = _data(m=1003)
+    yn = y.copy()
+    yn[523] = np.nan
+    logger = logging.getLogger("jax._src.callback")
+
+    def fit():
+        with pytest.raises(ValueError, match="chunk 5"):
+            StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=100).fit(
+                lambda: iter([(X, yn)]))
+
+    def logged():
+        return [r for r in caplog.records if r.name == logger.name]
+
+    ours = [f for f in logger.filters if isinstance(f, _DropChunkErrors)]
+    assert ours
+    for f in ours:  # the reference: what JAX logs without the filter
+        logger.removeFilter(f)
+    try:
+        with caplog.at_level(logging.ERROR, logger=logger.name):
+            fit()
+        assert any("io_callback failed" in r.getMessage() for r in logged())
+    finally:
+        for f in ours:
+            logger.addFilter(f)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger=logger.name):
+        fit()
+        assert logged() == []
+        logger.error("another failure", exc_info=RuntimeError("not ours"))
+    assert [r.getMessage() for r in logged()] == ["another failure"]

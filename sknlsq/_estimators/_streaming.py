@@ -21,17 +21,25 @@ from sklearn.utils.validation import (check_array, check_consistent_length,
 
 from .._fit import _bucket
 from .._pool import MemoryPool
-from .._sources import ArraySource, ChunkSource, as_source
-from .._stream import (OnlineState, _settings_check, covariance_from_R, fit_chunked,
-                       online_update)
+from .._sources import ArraySource, ChunkSource, IterableSource, _is_h5py_dataset, as_source
+from .._stream import (OnlineState, _check_checkpoint_path, _settings_check,
+                       covariance_from_R, fit_chunked, online_update)
 from ._curve_fit import _checked_weights, _ModelMixin, _xdata
 
 
 def _is_source_like(X):
-    if isinstance(X, ChunkSource) or callable(X):
+    """Whether ``fit`` hands ``X`` to :func:`~sknlsq._sources.as_source` rather
+    than to scikit-learn's validation: sources, callables, h5py datasets (or
+    lists of them), and what ``as_source`` refuses with a better message than
+    ``check_array`` would give (paths, one-shot iterators and generators)."""
+    if isinstance(X, (ChunkSource, str, bytes, os.PathLike)) or callable(X):
         return True
+    if isinstance(X, (list, tuple)):
+        return bool(X) and all(_is_h5py_dataset(x) for x in X)
+    if isinstance(X, np.ndarray):
+        return False
     mod = type(X).__module__ or ""
-    return mod.startswith("h5py")
+    return mod.startswith("h5py") or hasattr(X, "__next__")
 
 
 class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
@@ -78,10 +86,13 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         each update (1: all data count equally).
     checkpoint : str or path, default=None
         File (.npz) where ``fit`` saves its state every ``checkpoint_every``
-        solver steps, atomically. A ``fit`` that finds the file resumes from
-        it (after checking that it belongs to the same data and settings)
-        and reaches the same result as an uninterrupted fit. The file is
-        kept after the fit; delete it to start afresh.
+        solver steps, atomically; its folder must exist. A ``fit`` that
+        finds the file resumes from it (after checking that it belongs to
+        the same settings, model computation -- the jaxpr of a JAX model,
+        the code and arguments of a NumPy one -- and data: the source's
+        fingerprint, the first chunk and the number of rows) and reaches the
+        same result as an uninterrupted fit. The file is kept after the fit;
+        delete it to start afresh.
     checkpoint_every : int, default=1
         Solver steps (each one or two passes) between checkpoints.
     verbose : int, default=0
@@ -215,26 +226,41 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), ChunkSource, h5py dataset or callable
-            The data: in-memory arrays or memory maps (with ``y``), a
-            :class:`ChunkSource` such as ``HDF5Source(path, X=..., y=...)``
-            (``y`` must then be None), or a callable returning a fresh
-            iterator of ``(X, y[, sample_weight])`` chunks per pass.
+            The data: in-memory arrays or memory maps (with ``y``; a
+            :class:`numpy.memmap` is read one chunk at a time), h5py
+            datasets (a 2-D one or a list of 1-D ones, with a ``y``
+            dataset), a :class:`ChunkSource` such as
+            ``HDF5Source(path, X=..., y=...)`` (``y`` must then be None), or a
+            callable returning a fresh iterator of ``(X, y[, sample_weight])``
+            chunks per pass. A file path or a one-shot iterator is refused
+            with a message saying what to pass instead.
         y : array-like of shape (n_samples,), default=None
             Targets, when ``X`` is an array.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the squared residuals (arrays only).
+            With ``nan_policy='omit'`` rows with a non-finite weight are
+            left out, as rows with non-finite ``X`` or ``y``.
 
         Returns
         -------
         self : object
             Fitted estimator.
         """
-        if _is_source_like(X):
+        if self.checkpoint is not None:  # before anything reads the data
+            _check_checkpoint_path(self.checkpoint)
+        from_source = _is_source_like(X)
+        if from_source:
             source = as_source(X, y, sample_weight)
+            # Only a size known up front: an IterableSource learns its size in
+            # its first pass, and a chunk size changing between a fit and its
+            # retry with the same source would refuse the fit's checkpoint.
+            n_samples = None if isinstance(source, IterableSource) else source.n_samples
+        elif isinstance(X, np.memmap):
+            source = self._memmap_source(X, y, sample_weight)
             n_samples = source.n_samples
         else:
             X, y = self._validate_xy(X, y, reset=True)
-            source = ArraySource(X, y, _checked_weights(sample_weight, X))
+            source = ArraySource(X, y, self._checked_weights(sample_weight, X))
             n_samples = X.shape[0]
         chunk_size = int(self.chunk_size)
         if n_samples is not None:  # no chunk larger than the data needs
@@ -248,8 +274,10 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                           chunk_size=chunk_size, nan_policy=self.nan_policy,
                           checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every,
                           verbose=self.verbose, pool=self.pool, stacklevel=3)
-        if not hasattr(self, "n_features_in_") or _is_source_like(X):
+        if from_source:
             self.n_features_in_ = nf
+            if hasattr(self, "feature_names_in_"):  # of an earlier fit on a DataFrame
+                del self.feature_names_in_
         self.params_ = res.params
         self.param_names_ = self._param_names(res.param_names, nf)
         self.pcov_ = res.pcov
@@ -269,6 +297,53 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             warnings.warn(f"The fit did not converge: {res.message} Increase `max_nfev` or "
                           "check `p0` and the model.", ConvergenceWarning, stacklevel=3)
         return self
+
+    def _memmap_source(self, X, y, sample_weight):
+        """A lazy :class:`ArraySource` over a memory-mapped ``X`` (and ``y``,
+        ``sample_weight`` if they are memory maps too), with scikit-learn's
+        checks of the shapes: ``validate_data`` would load the whole file
+        into a float64 copy. Values are checked chunk by chunk in the fit."""
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2D array, got a {X.ndim}D memory map instead: "
+                             "reshape it with X.reshape(-1, 1) for a single feature.")
+        if y is None:
+            raise ValueError(f"This {type(self).__name__} estimator requires y to be passed, "
+                             "but the target y is None.")
+        if isinstance(y, np.memmap):
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y[:, 0]  # a view: still lazy
+            if y.ndim != 1:
+                raise ValueError(f"`y` must be 1-D (n_samples,); got a memory map of shape "
+                                 f"{y.shape}.")
+        else:
+            y = column_or_1d(check_array(y, ensure_2d=False, dtype=np.float64,
+                                         ensure_all_finite=self.nan_policy == "raise",
+                                         input_name="y"), warn=True)
+        check_consistent_length(X, y)
+        if not isinstance(sample_weight, np.memmap):
+            sample_weight = self._checked_weights(sample_weight, X)
+        source = ArraySource(X, y, sample_weight)
+        self.n_features_in_ = source.n_features
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return source
+
+    def _checked_weights(self, sample_weight, X):
+        """``sample_weight`` validated by scikit-learn; with ``nan_policy='omit'``
+        non-finite weights pass as NaN (their rows are left out, as for a
+        source), every other check still applies."""
+        if sample_weight is None or self.nan_policy == "raise" or np.ndim(sample_weight) == 0:
+            return _checked_weights(sample_weight, X)
+        try:
+            raw = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            return _checked_weights(sample_weight, X)  # its message names the argument
+        bad = ~np.isfinite(raw)
+        if not bad.any():
+            return _checked_weights(sample_weight, X)
+        sw = _checked_weights(np.where(bad, 1.0, raw), X)
+        sw[bad] = np.nan
+        return sw
 
     def _features_of(self, source):
         if source.n_features is not None:
@@ -314,10 +389,10 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         if first_call:
             self._validate_params()
         X, y = self._validate_xy(X, y, reset=first_call)
-        sw = _checked_weights(sample_weight, X)
+        sw = self._checked_weights(sample_weight, X)
         w = np.ones(X.shape[0]) if sw is None else np.sqrt(sw)
         if self.nan_policy == "omit":
-            ok = np.isfinite(y) & np.all(np.isfinite(X), axis=1)
+            ok = np.isfinite(y) & np.all(np.isfinite(X), axis=1) & np.isfinite(w)
             X, y, w = X[ok], y[ok], w[ok]
             if X.shape[0] == 0:
                 return self
@@ -357,7 +432,9 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Model values at the fitted parameters.
         """
-        check_is_fitted(self)
+        # params_ is what predict needs: a partial_fit whose rows were all
+        # dropped (nan_policy='omit') sets other attributes but not it.
+        check_is_fitted(self, "params_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return self._evaluate(X, self.params_)
 

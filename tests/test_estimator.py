@@ -319,6 +319,20 @@ def test_two_dimensional_target_fits_one_curve_per_column():
     assert reg.predict(x[:, None]).shape == (150, 3)
 
 
+def test_column_vector_target_keeps_its_shape():
+    # As scikit-learn's multi-output regressors (LinearRegression): y of shape
+    # (n, 1) is one target column, predictions have shape (n, 1), no warning.
+    x = np.linspace(0, 4, 60)
+    y = decay(x, 2.0, 1.0, 0.1) + 0.01 * np.sin(9 * x)
+    flat = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(x[:, None], y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        col = CurveFitRegressor(decay, p0=[1, 1, 0]).fit(x[:, None], y[:, None])
+    assert col.params_.shape == (1, 3) and col.pcov_.shape == (1, 3, 3)
+    np.testing.assert_allclose(col.params_[0], flat.params_, rtol=1e-8)
+    assert col.predict(x[:7, None]).shape == (7, 1)
+
+
 def test_two_dimensional_target_takes_per_column_sample_weight():
     """A 2-D ``sample_weight`` weights each column on its own; a zero leaves a
     point out of that column's fit only (scipy on the column's kept points,

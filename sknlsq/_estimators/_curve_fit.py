@@ -239,8 +239,9 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Independent variables.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Targets; a 2-D ``y`` fits one parameter vector per column (NaN
-            entries are missing values).
+            Targets; a 2-D ``y`` (``(n_samples, 1)`` included) fits one
+            parameter vector per column (NaN entries are missing values), and
+            ``predict`` then returns one column per target.
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_targets), \
 default=None
             Non-negative weights of the squared residuals; with a 2-D ``y``
@@ -253,7 +254,7 @@ default=None
             Fitted estimator.
         """
         y_arr = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
-        batched = y_arr.ndim == 2 and y_arr.shape[1] > 1
+        batched = y_arr.ndim == 2  # (n_samples, 1) too: predict keeps the 2-D shape
         if batched:
             X = validate_data(self, X, reset=True, dtype=np.float64)
             Y = check_array(y_arr, dtype=np.float64, ensure_all_finite="allow-nan",

@@ -709,9 +709,14 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     if x_is_array and ydata.ndim == 1 and xdata.ndim >= 1 and _sample_axis(xdata, m) is None:
         raise ValueError(f"`xdata` and `ydata` have inconsistent lengths: xdata has shape "
                          f"{xdata.shape}, ydata has {m} points.")
-    if m != 1 and n > m:
-        raise TypeError(f"The number of func parameters={n} must not exceed the number of "
-                        f"data points={m}")
+    # scipy: only 'lm' (MINPACK) needs M >= N; trf and dogbox solve
+    # underdetermined problems (the covariance is then inf).
+    if method == "lm" and n > m:
+        if m != 1:
+            raise TypeError(f"The number of func parameters={n} must not exceed the number "
+                            f"of data points={m}")
+        raise TypeError(f"Improper input: func input vector length N={n} must not exceed "
+                        f"func output vector length M={m}")
 
     weighting = "diag"
     L = None

@@ -103,6 +103,25 @@ def test_fewer_points_than_parameters():
     # scipy: TypeError("The number of func parameters=3 must not exceed the
     # number of data points=2") for method 'lm' (the default when unbounded).
     assert_raises(TypeError, "number of", lambda: curve_fit(decay3, X[:2], Y[:2]))
+    # scipy: TypeError("Improper input: func input vector length N=3 must not
+    # exceed func output vector length M=1") from MINPACK for a single point.
+    assert_raises(TypeError, "Improper input", lambda: curve_fit(decay3, X[:1], Y[:1]))
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox"])
+def test_underdetermined_fits_run_with_trf_and_dogbox(method):
+    # scipy's least_squares solves them (only 'lm' needs M >= N); the
+    # covariance cannot be estimated.
+    from scipy.optimize import OptimizeWarning
+    from scipy.optimize import curve_fit as scipy_curve_fit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        ref = scipy_curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, X[:2], Y[:2],
+                              p0=[1.0, 1.0, 0.0], method=method)[0]
+        popt, pcov = curve_fit(decay3, X[:2], Y[:2], p0=[1.0, 1.0, 0.0], method=method)
+    np.testing.assert_allclose(popt, ref, rtol=1e-6)
+    assert np.all(np.isinf(pcov))
 
 
 def test_empty_ydata():

@@ -22,6 +22,7 @@ re-raises it as a clear error once the compiled program returns.
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 import warnings
 from collections import OrderedDict
@@ -103,22 +104,44 @@ def _parameter_names(f: Callable, n: int | None) -> tuple[str, ...]:
 # Host-side error capture
 # --------------------------------------------------------------------------
 
-_errors = threading.local()
+# A model (or jac) raising inside a host callback cannot raise through XLA
+# cleanly: the callback records the exception and returns NaN, and the fit
+# re-raises it afterwards. XLA may run the callback on one of its own worker
+# threads, so the record cannot be thread-local: each fit registers a slot
+# (per calling thread) and a callback's exception goes to every registered
+# slot of the same model (or of an unknown one). Two concurrent fits of one
+# model may thus both report an error only one raised; none is ever lost.
+_errors_lock = threading.Lock()
+_slots: dict = {}  # token -> [model or None, exception or None]
+_slot_of_thread = threading.local()
+_slot_tokens = itertools.count()
 
 
-def reset_host_error():
-    _errors.exc = None
+def reset_host_error(model=None):
+    """Register the calling thread's fit (of ``model``) for host errors."""
+    token = next(_slot_tokens)
+    with _errors_lock:
+        old = getattr(_slot_of_thread, "token", None)
+        _slots.pop(old, None)
+        _slots[token] = [model, None]
+    _slot_of_thread.token = token
 
 
 def pop_host_error():
-    exc = getattr(_errors, "exc", None)
-    _errors.exc = None
-    return exc
+    """The first exception a host callback of this thread's fit raised (or None);
+    ends the registration."""
+    token = getattr(_slot_of_thread, "token", None)
+    _slot_of_thread.token = None
+    with _errors_lock:
+        slot = _slots.pop(token, None)
+    return None if slot is None else slot[1]
 
 
-def _record(exc):
-    if getattr(_errors, "exc", None) is None:
-        _errors.exc = exc
+def _record(exc, model=None):
+    with _errors_lock:
+        for slot in _slots.values():
+            if slot[1] is None and (slot[0] is None or model is None or slot[0] is model):
+                slot[1] = exc
 
 
 # --------------------------------------------------------------------------
@@ -233,7 +256,7 @@ class ModelPlan:
                 return _host_eval(f, xh if xh is not None else np.asarray(x), np.asarray(p),
                                   self.out_shape)
             except Exception as exc:  # re-raised by the caller after the solve
-                _record(exc)
+                _record(exc, f)
                 return np.full(self.out_shape, np.nan)
 
         return jax.pure_callback(cb, shape, p, x, vmap_method="sequential")
@@ -268,7 +291,7 @@ class ModelPlan:
                 ff = (lambda x_, *q: _host_eval(f, x_, np.asarray(q), out_shape).reshape(-1))
                 return host_fd_jacobian(ff, xx, p, f0, lb, ub, scheme, rel)
             except Exception as exc:
-                _record(exc)
+                _record(exc, f)
                 return np.full((M, n), np.nan)
 
         return jax.pure_callback(cb, shape, p, x, vmap_method="sequential")

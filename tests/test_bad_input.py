@@ -291,6 +291,29 @@ class Boom(RuntimeError):
     pass
 
 
+def _numpy_decay(x, a, b):
+    return a * np.exp(-b * np.asarray(x))
+
+
+def _raising_jac(x, a, b):
+    raise Boom("boom inside jac")
+
+
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_host_jac_raising_is_reported_whatever_thread_runs_it(method):
+    # XLA may run a host callback on one of its worker threads (it did for
+    # dogbox): the error must still reach the caller, never a misleading
+    # "maximum number of function evaluations" or a silent result.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = np.linspace(0.1, 5.0, 60)
+        excinfo = assert_raises(ValueError, "raised Boom",
+                                lambda: curve_fit(_numpy_decay, x, 2 * np.exp(-0.7 * x),
+                                                  p0=[1.0, 1.0], jac=_raising_jac,
+                                                  method=method))
+    assert isinstance(excinfo.value.__cause__, Boom)
+
+
 def _raising_jnp(x, a, b):
     raise Boom("boom inside the model")
 

@@ -103,11 +103,13 @@ def _rows_independent(f, host, x, axis, p0):
     """Whether row i of ``f(x, *p0)`` depends on row i of ``x`` only (along the
     sample ``axis``), so that padding the data with extra rows leaves the
     values at the real rows, and so the fit, unchanged. Checked once per model
-    and layout on 16 rows of ``x``: their values evaluated together must equal
-    those of the two halves evaluated apart, which fails for models that use
-    the data as a whole (``x - mean(x)``, ``x / len(x)``, cumulative sums...).
-    A model that fails to evaluate on so few rows counts as dependent (the
-    fit then runs at its exact shape)."""
+    and layout on rows of ``x``: 16 rows evaluated together must give what
+    their two halves give apart (fails for models that use the data as a
+    whole: ``x - mean(x)``, ``x / len(x)``, cumulative sums), and the last 8
+    rows must give the same values with 8 copies of the last row appended, as
+    padding appends them (fails for models using neighbouring rows, such as
+    ``np.gradient(x)``). A model that fails to evaluate on so few rows counts
+    as dependent (the fit then runs at its exact shape)."""
     shape = np.shape(x)
     key = (_model._hashable(f), host, axis, shape[:axis] + shape[axis + 1:])
     verdict = _ROW_CHECKS.get(key)
@@ -115,22 +117,34 @@ def _rows_independent(f, host, x, axis, p0):
         return verdict
     x = np.asarray(x, dtype=np.float64)
     k = _ROW_CHECK_ROWS // 2
-    xs = np.take(x, np.minimum(np.arange(2 * k), x.shape[axis] - 1), axis=axis)
-    parts = (xs, np.take(xs, np.arange(k), axis=axis), np.take(xs, np.arange(k, 2 * k), axis=axis))
+    m = x.shape[axis]
+
+    def rows(a, idx):
+        return np.take(a, idx, axis=axis)
+
+    xs = rows(x, np.minimum(np.arange(2 * k), m - 1))
+    tail = rows(x, np.arange(max(0, m - k), m))
+    t = tail.shape[axis]
+    parts = (xs, rows(xs, np.arange(k)), rows(xs, np.arange(k, 2 * k)),
+             tail, rows(tail, np.minimum(np.arange(t + k), t - 1)))
     p = np.asarray(p0, dtype=np.float64)
     try:
         with x64():
             if host:
                 outs = [f(part, *p) for part in parts]
             else:
-                def three(a, b, c, q):
+                def evaluate(parts, q):
                     qs = [q[i] for i in range(q.shape[0])]
-                    return tuple(jnp.asarray(f(v, *qs), jnp.float64) for v in (a, b, c))
+                    return tuple(jnp.asarray(f(v, *qs), jnp.float64) for v in parts)
 
-                outs = jax.jit(three)(*parts, p)
-            both, *halves = (np.asarray(o, dtype=np.float64).reshape(-1) for o in outs)
-        verdict = (both.shape == (2 * k,) and all(h.shape == (k,) for h in halves)
-                   and bool(np.allclose(both, np.concatenate(halves), rtol=1e-12, atol=0,
+                outs = jax.jit(evaluate)(parts, p)
+            both, first, second, short, padded = (np.asarray(o, dtype=np.float64).reshape(-1)
+                                                  for o in outs)
+        verdict = (both.shape == (2 * k,) and first.shape == second.shape == (k,)
+                   and short.shape == (t,) and padded.shape == (t + k,)
+                   and bool(np.allclose(both, np.concatenate([first, second]), rtol=1e-12,
+                                        atol=0, equal_nan=True))
+                   and bool(np.allclose(short, padded[:t], rtol=1e-12, atol=0,
                                         equal_nan=True)))
     except Exception:  # noqa: BLE001 - cannot tell: do not pad
         verdict = False

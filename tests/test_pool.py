@@ -44,8 +44,12 @@ def _centred_np(x, a, b):
     return a * (x - np.mean(x)) + b
 
 
-@pytest.mark.parametrize("model", [_centred, _per_length, _centred_np],
-                         ids=["mean", "length", "numpy-mean"])
+def _binned(x, a, b):
+    return a * jnp.gradient(x) * jnp.exp(-x / 5) + b  # uses the neighbouring rows
+
+
+@pytest.mark.parametrize("model", [_centred, _per_length, _centred_np, _binned],
+                         ids=["mean", "length", "numpy-mean", "neighbours"])
 def test_models_using_the_whole_data_are_not_padded(model):
     """Padding adds rows to x; a model that uses x as a whole (its mean, its
     length) would see them and fit something else. Such models run at their
@@ -53,7 +57,8 @@ def test_models_using_the_whole_data_are_not_padded(model):
     from scipy.optimize import curve_fit as scipy_curve_fit
 
     ref_model = {_centred: _centred_np, _centred_np: _centred_np,
-                 _per_length: lambda x, a, b: a * np.exp(-x / x.shape[0]) + b}[model]
+                 _per_length: lambda x, a, b: a * np.exp(-x / x.shape[0]) + b,
+                 _binned: lambda x, a, b: a * np.gradient(x) * np.exp(-x / 5) + b}[model]
     rng = np.random.default_rng(3)
     for m in (100, 333):
         x = np.linspace(0, 10, m)

@@ -288,7 +288,9 @@ class ModelPlan:
                     J = J.T if col else J
                     return np.broadcast_to(J.reshape(M, -1), (M, n)).astype(np.float64)
                 f0 = _host_eval(f, xx, p, out_shape).reshape(-1)
-                ff = (lambda x_, *q: _host_eval(f, x_, np.asarray(q), out_shape).reshape(-1))
+                # No float cast here: the complex step needs the imaginary part.
+                ff = (lambda x_, *q: np.broadcast_to(np.asarray(f(x_, *q)),
+                                                     out_shape).reshape(-1))
                 return host_fd_jacobian(ff, xx, p, f0, lb, ub, scheme, rel)
             except Exception as exc:
                 _record(exc, f)

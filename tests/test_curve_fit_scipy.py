@@ -444,6 +444,28 @@ def test_numpy_only_model_falls_back_to_finite_differences(method):
     assert_fit_matches(got, ref)
 
 
+def _decay_np_checked(x, a, b, c):
+    if float(np.real(b)) < -100:  # Python control flow on a value: not traceable
+        raise ValueError("rate out of range")
+    return a * np.exp(-b * np.asarray(x)) + c
+
+
+@pytest.mark.parametrize("method", ["lm", "trf"])
+def test_numpy_model_complex_step_jacobian(method):
+    # jac='cs' on a model JAX cannot trace: the complex step must reach the
+    # model (it returned p0 with a zero Jacobian when the values were cast to
+    # float first); scipy's answer with the same scheme.
+    rng = np.random.default_rng(12)
+    x = np.linspace(0, 5, 80)
+    y = 2 * np.exp(-0.7 * x) + 0.3 + 0.01 * rng.normal(size=x.size)
+    ref = scipy_curve_fit(_decay_np_checked, x, y, p0=[1, 1, 0.1], jac="cs", method="trf",
+                          ftol=1e-14, xtol=1e-14, gtol=1e-14)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = curve_fit(_decay_np_checked, x, y, p0=[1, 1, 0.1], jac="cs", method=method)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
 def exp_decay_jac(x, a, b, c):
     e = jnp.exp(-b * x)
     return jnp.stack([e, -a * x * e, jnp.ones_like(x)], axis=-1)

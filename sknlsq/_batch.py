@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _model
-from ._config import compile_lowered, x64, x64_for_host_callbacks
+from ._config import compile_lowered, x64
 from ._fit import (DEFAULT_REFINE, _as_float_array, _as_floats, _bucket, _check_common,
                    _initialize_feasible, _make_problem, _plan, _positive, _prepare_bounds,
                    _resolve_solver, _sample_axis)
@@ -227,10 +227,8 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                        static_loss(loss),
                        method, has_bounds, use_jac_scale, int(refine), xdata.shape, n)
         pending = np.flatnonzero(~too_few)
-        with x64_for_host_callbacks(plan.uses_host):
-            out = _run_batched(pool, problem_key, plan, loss, method, has_bounds, use_jac_scale,
-                               int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, pending,
-                               retire)
+        out = _run_batched(pool, problem_key, plan, loss, method, has_bounds, use_jac_scale,
+                           int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, pending, retire)
     host_exc = _model.pop_host_error()
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 
 import jax
 import numpy as np
@@ -26,46 +25,35 @@ def x64():
     return enable_x64()
 
 
-_host_lock = threading.Lock()
-_host_depth = 0
-_host_saved = None
+_callback_thread = threading.local()
 
 
-@contextmanager
-def x64_for_host_callbacks(active=True):
-    """Turn on JAX's *global* x64 flag while host callbacks may run.
+def x64_in_callback_thread():
+    """Enable float64 for the rest of this thread's life if it is off here.
 
-    XLA runs host callbacks (NumPy-only models) on its own threads, which do
-    not see the thread-local scoped x64 setting; JAX would then cast the
-    callback's float64 values to float32. So while a fit with a host model
-    runs, the global flag is on; it is restored when the last such fit ends.
-    Fits of JAX-traceable models never touch it.
+    Called first thing in every host callback (NumPy-only models, chunk
+    readers). XLA may run a callback on one of its own worker threads, which
+    does not see the calling thread's scoped x64 context; JAX would then cast
+    the callback's float64 results to float32 and fail on the dtype check. A
+    fit's own thread always has x64 on (it runs inside :func:`x64`), so a
+    thread where it is off is an XLA worker: its thread-local setting is
+    switched on and left on (those threads run nothing but callbacks). The
+    global flag, and so any user thread, is never touched.
     """
-    global _host_depth, _host_saved
-    if not active:
-        yield
+    if getattr(_callback_thread, "x64", False):
         return
-    with _host_lock:
-        if _host_depth == 0:
-            _host_saved = _global_x64()
-            jax.config.update("jax_enable_x64", True)
-        _host_depth += 1
-    try:
-        yield
-    finally:
-        with _host_lock:
-            _host_depth -= 1
-            if _host_depth == 0:
-                jax.config.update("jax_enable_x64", _host_saved)
+    if not _thread_x64():
+        x64().__enter__()  # deliberately never exited: see above
+    _callback_thread.x64 = True
 
 
-def _global_x64():
-    """The global (not thread-scoped) value of ``jax_enable_x64``."""
+def _thread_x64():
+    """The value of ``jax_enable_x64`` as this thread sees it."""
     try:
         from jax._src.config import enable_x64 as state
 
-        return bool(state.get_global())
-    except (ImportError, AttributeError):  # older jax: no scoped states to see past
+        return bool(state.value)
+    except (ImportError, AttributeError):  # pragma: no cover - older jax
         return bool(jax.config.jax_enable_x64)
 
 

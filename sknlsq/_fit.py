@@ -36,7 +36,7 @@ from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
 from . import _model
-from ._config import compile_lowered, fetch, x64, x64_for_host_callbacks
+from ._config import compile_lowered, fetch, x64
 from ._pool import resolve_pool
 from ._solvers import LOSSES, MESSAGES, NONFINITE_X0, Options, Problem, solve
 from ._solvers._losses import loss_id, static_loss
@@ -809,8 +809,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
             solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
                                       has_bounds, use_jac_scale, int(refine), args)
             _model.reset_host_error()
-            with x64_for_host_callbacks(plan.uses_host):
-                sol = _unpack(fetch(solver(*args), spin=not plan.uses_host), n)
+            sol = _unpack(fetch(solver(*args), spin=not plan.uses_host), n)
         finally:
             for buf in lent:
                 pool.release(buf)

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._config import x64_in_callback_thread
+
 EPS = np.finfo(np.float64).eps
 
 
@@ -252,6 +254,7 @@ class ModelPlan:
         f, xh = self.f, self.x_host
 
         def cb(p, x):
+            x64_in_callback_thread()
             try:
                 return _host_eval(f, xh if xh is not None else np.asarray(x), np.asarray(p),
                                   self.out_shape)
@@ -280,6 +283,7 @@ class ModelPlan:
         out_shape = self.out_shape
 
         def cb(p, x):
+            x64_in_callback_thread()
             xx = xh if xh is not None else np.asarray(x)
             p = np.asarray(p)
             try:

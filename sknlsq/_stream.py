@@ -50,7 +50,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from . import _model
-from ._config import compile_lowered, x64, x64_for_host_callbacks
+from ._config import compile_lowered, x64, x64_in_callback_thread
 from ._fit import (DEFAULT_REFINE, EPS, FitResult, _check_common, _initialize_feasible,
                    _make_problem, _plan, _prepare_bounds, _resolve_solver)
 from ._pool import resolve_pool
@@ -103,6 +103,7 @@ _install_log_filter()
 
 
 def _dispatch(token, k):
+    x64_in_callback_thread()
     reader = _readers.get(int(token))
     if reader is None:  # pragma: no cover - a program outliving its fit
         raise RuntimeError("no chunk reader registered for this fit")
@@ -549,9 +550,8 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
                                       partial(_callback_read_cached, cs, nf), data, steps)
             with _readers_lock:
                 _readers[token] = reader
-            with x64_for_host_callbacks(True):
-                out = _run_segments(progs, st, data, reader, checkpoint, source, cs,
-                                    nan_policy, int(refine))
+            out = _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy,
+                                int(refine))
     except Exception as exc:
         err = reader.error
         if err is not None and err is not exc:
@@ -624,8 +624,7 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
                                   partial(_device_reader, cs, M, offsets), data, None,
                                   whole=True)
         _model.reset_host_error()
-        with x64_for_host_callbacks(plan.uses_host):
-            sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
+        sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
     host_exc = _model.pop_host_error()
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
@@ -942,8 +941,7 @@ def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool
 
         prog = pool.program(key, build)
         _model.reset_host_error()
-        with x64_for_host_callbacks(plan.uses_host):
-            xn, R, qtf, cost, status, nfev = (np.asarray(a) for a in prog(*args))
+        xn, R, qtf, cost, status, nfev = (np.asarray(a) for a in prog(*args))
     host_exc = _model.pop_host_error()
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -591,6 +592,42 @@ def test_x64_is_not_switched_on_globally():
     assert jnp.ones(3).dtype == jnp.float32
     assert (user * 2).dtype == jnp.float32
     assert not jax.config.jax_enable_x64
+
+
+def _slow_numpy_decay(x, a, b):
+    time.sleep(0.002)  # keep the fit running while the other thread looks
+    return a * np.exp(-b * np.asarray(x))
+
+
+def test_numpy_model_fit_leaves_other_threads_in_float32():
+    # A fit with a NumPy-only model runs host callbacks, possibly on XLA's
+    # threads; float64 must be enabled there only, never globally: a user's
+    # thread computing meanwhile keeps float32.
+    import threading
+
+    seen, stop = set(), threading.Event()
+
+    def user():
+        while not stop.is_set():
+            seen.add(str(jnp.ones(3).dtype))
+            time.sleep(0.001)
+
+    x = np.linspace(0, 3, 200)
+    y = 2 * np.exp(-0.7 * x) + 0.01 * np.sin(11 * x)
+    thread = threading.Thread(target=user)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            popt = curve_fit(_slow_numpy_decay, x, y, p0=[1.0, 1.0])[0]
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == {"float32"}
+    assert not jax.config.jax_enable_x64 and jnp.ones(3).dtype == jnp.float32
+    ref = scipy_curve_fit(_slow_numpy_decay, x, y, p0=[1.0, 1.0], ftol=1e-14, xtol=1e-14,
+                          gtol=1e-14)[0]
+    np.testing.assert_allclose(popt, ref, rtol=1e-8)
 
 
 @pytest.mark.parametrize("m", [6, 16, 40])

@@ -210,3 +210,47 @@ def test_ragged_groups_use_the_segment_layout_with_the_same_answer():
     np.testing.assert_allclose(est.local_params_, popt[1:].reshape(-1, 2), rtol=1e-7,
                                atol=1e-10)
     np.testing.assert_allclose(est.perr_, np.sqrt(np.diag(pcov)), rtol=1e-6)
+
+
+def test_global_fit_covariance_with_weightless_or_degenerate_groups():
+    """Zero-weight samples are not degrees of freedom (errors as with the rows
+    left out); a group with no weighted samples, or with locally collinear
+    parameters, has undetermined local parameters (inf) and leaves the shared
+    covariance finite and equal to the dense pseudo-inverse's."""
+    import jax
+
+    kw = dict(p0=[1.0, 0.0, 1.0], local_params=["amp", "off"], group_column=1, ftol=1e-12,
+              xtol=1e-12, gtol=1e-12)
+    rng = np.random.default_rng(1)
+    G, P = 10, 20
+    t = np.tile(np.linspace(0, 5, P), G)
+    g = np.repeat(np.arange(G), P)
+    y = 2 * np.exp(-0.8 * t) + 0.3 + 0.01 * rng.normal(size=t.size)
+    X = np.column_stack([t, g])
+    w = np.ones(t.size)
+    w[(g % 2 == 0) & (t > 2)] = 0.0  # half of some groups' samples
+    weighted = SparseCurveFitRegressor(decay, **kw).fit(X, y, sample_weight=w)
+    dropped = SparseCurveFitRegressor(decay, **kw).fit(X[w > 0], y[w > 0])
+    np.testing.assert_allclose(weighted.params_, dropped.params_, rtol=1e-8)
+    np.testing.assert_allclose(weighted.perr_, dropped.perr_, rtol=1e-6)
+
+    w = np.ones(t.size)
+    w[g == 3] = 0.0  # a group with no weighted sample
+    est = SparseCurveFitRegressor(decay, **kw).fit(X, y, sample_weight=w)
+    assert np.isfinite(est.perr_[0]) and np.all(np.isinf(est.local_pcov_[3]))
+    assert np.all(np.isfinite(est.local_pcov_[np.arange(G) != 3]))
+
+    t2 = t.copy()
+    t2[g == 3] = 1.0  # constant feature in group 3: its amp and off are collinear
+    est = SparseCurveFitRegressor(decay, **kw).fit(np.column_stack([t2, g]), y)
+
+    def resid(p):
+        L = p[1:].reshape(G, 2)
+        return L[g, 0] * jnp.exp(-p[0] * t2) + L[g, 1] - y
+
+    with jax.enable_x64(True):
+        J = np.asarray(jax.jacfwd(resid)(jnp.asarray(est.params_)))
+    C = np.linalg.pinv(J.T @ J, hermitian=True) * 2 * est.cost_ / (t.size - (2 * G + 1))
+    np.testing.assert_allclose(est.perr_[0], np.sqrt(C[0, 0]), rtol=1e-6)
+    np.testing.assert_allclose(est.perr_[1:3], np.sqrt(np.diag(C))[1:3], rtol=1e-6)
+    assert np.all(np.isinf(est.perr_[7:9]))

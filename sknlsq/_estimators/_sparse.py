@@ -272,14 +272,20 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                 raise ValueError(f"`p0` entry of local parameter {names[k]!r} must be a scalar "
                                  f"or one value per group ({G}); got shape {v.shape}. Groups "
                                  "with no samples cannot be fitted.")
-        p0_shared = np.array([float(np.asarray(p0[k], dtype=float)) for k in shared_idx])
+        try:
+            p0_shared = np.array([float(np.asarray(p0[k], dtype=float)) for k in shared_idx])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"`p0` entries of the shared parameters must be scalars: {exc}"
+                             ) from None
         if not (np.all(np.isfinite(p0_local)) and np.all(np.isfinite(p0_shared))):
             raise ValueError("`p0` must contain only finite values.")
         res = fit_global(self.model, _xdata(feats), y, w, group, G, local_idx, shared_idx,
                          p0_local, p0_shared, ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
                          max_nfev=self.max_nfev, pool=self.pool)
         pg, pl = len(shared_idx), len(local_idx)
-        m = y.size
+        # Degrees of freedom: zero-weight samples are not data (as in the
+        # other estimators, and as if they had been left out).
+        m = y.size if w is None else int(np.count_nonzero(w))
         n = pg + G * pl
         s2 = 2.0 * res.cost / (m - n) if m > n else np.inf
         self.groups_ = groups

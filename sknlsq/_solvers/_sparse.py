@@ -165,14 +165,30 @@ def block_arrow_covariance(blocks):
     """Unscaled covariance pieces ``(J^T J)^{-1}`` without forming it, from
     the blocks ``U, W, V`` of ``J^T J`` (the ``rep`` of a solved state): the
     shared block ``S^{-1}`` and the per-group local diagonal blocks
-    ``U_g^{-1} + U_g^{-1} W_g S^{-1} W_g^T U_g^{-1}``."""
+    ``U_g^{-1} + U_g^{-1} W_g S^{-1} W_g^T U_g^{-1}``.
+
+    A group whose block ``U_g`` is singular (no weighted samples, or locally
+    collinear parameters) has undetermined local parameters: their variances
+    are inf, and the group enters the shared block through the pseudo-inverse
+    ``U_g^+`` (the generalised Schur complement: ``range(W_g)`` lies in
+    ``range(U_g)`` for a Gram matrix), which gives the shared block of the
+    pseudo-inverse of the whole ``J^T J`` instead of NaN."""
     U, W, V = blocks
-    Ui = jnp.linalg.inv(U)
+    lam, Q = jnp.linalg.eigh(U)
+    tol = (lam.shape[-1] * jnp.finfo(U.dtype).eps
+           * jnp.maximum(jnp.max(jnp.abs(lam), axis=-1, keepdims=True),
+                         jnp.finfo(U.dtype).tiny))
+    keep = lam > tol
+    Ui = jnp.einsum("gij,gj,gkj->gik", Q, jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0),
+                    Q)
+    singular = ~jnp.all(keep, axis=-1)
     UiW = Ui @ W
     S = V - jnp.einsum("gij,gik->jk", W, UiW)
     Si = jnp.linalg.pinv(S, hermitian=True)
     local = Ui + jnp.einsum("gij,jk,glk->gil", UiW, Si, UiW)
     cross = -jnp.einsum("gij,jk->gik", UiW, Si)  # cov(local_g, shared)
+    local = jnp.where(singular[:, None, None], jnp.inf, local)
+    cross = jnp.where(singular[:, None, None], jnp.inf, cross)
     return Si, local, cross
 
 

@@ -152,8 +152,14 @@ def _record(exc, model=None):
 
 
 def _host_eval(f, x, p, out_shape):
-    y = np.asarray(f(x, *p), dtype=np.float64)
-    return np.broadcast_to(y, out_shape).astype(np.float64, copy=False)
+    y = f(x, *p)
+    if y is None:
+        raise TypeError("the model returned None (a missing `return`?)")
+    y = np.asarray(y)
+    if np.iscomplexobj(y):  # scipy: "Result from function call is not a proper array of floats"
+        raise TypeError("the model returned complex values; residuals must be real")
+    return np.broadcast_to(y.astype(np.float64, copy=False), out_shape).astype(np.float64,
+                                                                               copy=False)
 
 
 def _fd_steps(p, lb, ub, scheme, rel_step):
@@ -256,7 +262,7 @@ class ModelPlan:
         def cb(p, x):
             x64_in_callback_thread()
             try:
-                return _host_eval(f, xh if xh is not None else np.asarray(x), np.asarray(p),
+                return _host_eval(f, xh if xh is not None else np.array(x), np.asarray(p),
                                   self.out_shape)
             except Exception as exc:  # re-raised by the caller after the solve
                 _record(exc, f)
@@ -284,7 +290,7 @@ class ModelPlan:
 
         def cb(p, x):
             x64_in_callback_thread()
-            xx = xh if xh is not None else np.asarray(x)
+            xx = xh if xh is not None else np.array(x)  # writable, as scipy's
             p = np.asarray(p)
             try:
                 if jac is not None:

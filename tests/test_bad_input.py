@@ -333,3 +333,37 @@ def test_model_raises(model):
         chain.append(err)
         err = err.__cause__
     assert any(isinstance(e, Boom) for e in chain), [type(e) for e in chain]
+
+
+def _returns_none(x, a, b):
+    a * np.exp(-b * np.asarray(x))  # forgotten `return`
+
+
+def _returns_complex(x, a, b):
+    return a * np.exp(-b * np.asarray(x)) + 0j * float(a > 100)
+
+
+def test_numpy_model_returning_none_or_complex():
+    # scipy: TypeError / "Result from function call is not a proper array of
+    # floats"; sknlsq names the model and says what it returned.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_raises(ValueError, "returned None", lambda: curve_fit(_returns_none, X, Y,
+                                                                     p0=[1.0, 1.0]))
+        assert_raises(ValueError, "complex", lambda: curve_fit(_returns_complex, X, Y,
+                                                               p0=[1.0, 1.0]))
+
+
+def _writes_into_x(x, a, b):
+    x *= 1.0  # in place, as scipy allows (it passes the user's array)
+    return a * np.exp(-b * x)
+
+
+def test_numpy_model_may_write_into_x():
+    from scipy.optimize import curve_fit as scipy_curve_fit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = curve_fit(_writes_into_x, X, Y, p0=[1.0, 1.0])[0]
+    ref = scipy_curve_fit(_writes_into_x, X.copy(), Y, p0=[1.0, 1.0])[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-7)

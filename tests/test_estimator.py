@@ -319,6 +319,19 @@ def test_two_dimensional_target_fits_one_curve_per_column():
     assert reg.predict(x[:, None]).shape == (150, 3)
 
 
+def test_bounds_object_and_linear_model_p0_length():
+    from scipy.optimize import Bounds
+
+    x = np.linspace(0, 4, 60)
+    y = decay(x, 2.0, 1.0, 0.1) + 0.01 * np.sin(9 * x)
+    tup = CurveFitRegressor(decay, p0=[1, 1, 0], bounds=([0, 0, -1], [5, 5, 1])).fit(x[:, None], y)
+    obj = CurveFitRegressor(decay, p0=[1, 1, 0],
+                            bounds=Bounds([0, 0, -1], [5, 5, 1])).fit(x[:, None], y)
+    np.testing.assert_array_equal(obj.params_, tup.params_)
+    with pytest.raises(ValueError, match="p0.*linear model"):
+        CurveFitRegressor(p0=[1.0, 2.0]).fit(np.c_[x, x ** 2], y)
+
+
 def test_column_vector_target_keeps_its_shape():
     # As scikit-learn's multi-output regressors (LinearRegression): y of shape
     # (n, 1) is one target column, predictions have shape (n, 1), no warning.

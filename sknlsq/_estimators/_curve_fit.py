@@ -12,6 +12,7 @@ from numbers import Integral, Real
 
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import Bounds
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -71,6 +72,10 @@ class _ModelMixin:
         if self.model is not None:
             return self.model, self.p0
         p0 = np.zeros(n_features + 1) if self.p0 is None else self.p0
+        if np.shape(p0)[-1:] != (n_features + 1,):
+            raise ValueError(f"`p0` has shape {np.shape(p0)}; the default linear model of "
+                             f"{n_features} feature(s) takes {n_features + 1} parameters "
+                             "(intercept, then one coefficient per feature).")
         return linear_model, p0
 
     def _param_names(self, names, n_features):
@@ -140,7 +145,9 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     perr_ : ndarray
         One-standard-deviation errors, ``sqrt(diag(pcov_))``.
     cost_ : float or ndarray of shape (n_targets,)
-        Final value of ``0.5 * sum(w * rho(r**2))``.
+        Final value of the objective ``0.5 * sum(f_scale**2 * rho(w * r**2 /
+        f_scale**2))`` (``0.5 * sum(w * r**2)`` for the linear loss): weights
+        enter the robust loss as ``1 / sigma**2`` does in scipy.
     n_iter_ : int or ndarray
         Number of accepted iterations.
     nfev_ : int or ndarray
@@ -195,7 +202,7 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "model": [callable, None],
         "p0": ["array-like", None],
-        "bounds": [tuple, list, "array-like"],
+        "bounds": [tuple, list, "array-like", Bounds],
         "method": [StrOptions({"lm", "trf", "dogbox"}), None],
         "jac": [callable, StrOptions({"2-point", "3-point", "cs"}), None],
         "loss": [StrOptions({"linear", "soft_l1", "huber", "cauchy", "arctan"})],
@@ -271,8 +278,15 @@ default=None
         if batched:
             return self._fit_batch(model, p0, X, Y, sample_weight)
 
-        res = fit_curve(model, _xdata(X), y, p0=p0, sample_weight=sample_weight,
-                        warn_cov=False, stacklevel=3, **self._settings())
+        try:
+            res = fit_curve(model, _xdata(X), y, p0=p0, sample_weight=sample_weight,
+                            warn_cov=False, stacklevel=3, **self._settings())
+        except TypeError as exc:
+            if X.shape[0] == 1 and str(exc).startswith("Improper input"):
+                # scikit-learn's convention for too few samples is a ValueError.
+                raise ValueError(f"Cannot fit with n_samples = 1: {exc} (method 'lm'; 'trf' "
+                                 "and 'dogbox' accept underdetermined fits).") from exc
+            raise
         self.params_ = res.params
         self.param_names_ = self._param_names(res.param_names, X.shape[1])
         self.pcov_ = res.pcov

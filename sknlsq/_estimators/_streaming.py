@@ -13,6 +13,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.optimize import Bounds
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -168,7 +169,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "model": [callable, None],
         "p0": ["array-like", None],
-        "bounds": [tuple, list, "array-like"],
+        "bounds": [tuple, list, "array-like", Bounds],
         "method": [StrOptions({"lm", "trf", "dogbox"}), None],
         "loss": [StrOptions({"linear", "soft_l1", "huber", "cauchy", "arctan"})],
         "f_scale": [Interval(Real, 0, None, closed="neither")],

@@ -167,6 +167,28 @@ def test_pattern_missing_a_true_nonzero():
             x[:, None], y)
 
 
+@pytest.mark.parametrize("j", [50, 51])
+def test_pattern_missing_entries_hidden_behind_a_same_colour_column(j):
+    # Column j's entries where it is the right knot are left out: in those
+    # rows another column of j's colour may have an entry, so the compressed
+    # Jacobian is non-zero where the pattern allows it; the check with two
+    # sets of column weights still finds them (the fit would "converge" to a
+    # wrong answer).
+    knots = np.linspace(0, 10, 100)
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.uniform(0, 10, 1000))
+    y = np.interp(x, knots, 1 + 0.3 * np.sin(knots)) ** 3 + 0.01 * rng.normal(size=x.size)
+    i = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, 98)
+    keep = ~((np.r_[i, i + 1] == j) & (np.r_[np.zeros_like(i), np.ones_like(i)] == 1))
+    rows, cols = np.r_[np.arange(x.size), np.arange(x.size)], np.r_[i, i + 1]
+    P = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(x.size, 100))
+    with pytest.raises(ValueError, match="jac_sparsity.*miss"):
+        SparseCurveFitRegressor(spline, p0=np.ones(100), jac_sparsity=P).fit(x[:, None], y)
+    # The complete pattern passes the check and fits.
+    full = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(x.size, 100))
+    SparseCurveFitRegressor(spline, p0=np.ones(100), jac_sparsity=full).fit(x[:, None], y)
+
+
 def test_non_integer_and_empty_groups():
     t, g, y = _global_data(5, 10)
     X = np.column_stack([t, g + 0.5])

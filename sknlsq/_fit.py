@@ -11,11 +11,12 @@ Float64 policy: all computation runs in float64 inside a *scoped*
 fit is untouched (the global ``jax_enable_x64`` flag is never changed).
 
 Shape buckets: data of length M are padded to a bucket size (a geometric
-sequence of ratio 1.25, see :func:`_bucket`) with zero-weight copies of the last
-point. Zero-weight rows have zero
-residual and zero Jacobian rows, so they change neither the QR factor, the
-cost nor any step: the result is the unpadded fit, while fits of 900, 1000
-and 1033 points reuse one compiled program.
+sequence of ratio 1.25, see :func:`_bucket`) with zero-weight copies of the
+last point. Zero-weight rows have zero residual and zero Jacobian rows, so
+they change neither the QR factor, the cost nor any step: the result is the
+unpadded fit, while fits of 900, 1000 and 1033 points reuse one compiled
+program. Only models whose rows are independent are padded
+(:func:`_rows_independent`); the others run at their exact shape.
 """
 
 from __future__ import annotations

@@ -133,7 +133,9 @@ class _Reader:
         # (rows_seen, valid_rows) stored in the checkpoint resumed from: the
         # first complete pass must find the same counts.
         self.checkpoint = checkpoint
-        self.expected_rows = None
+        self.expected_rows = None  # (rows, valid rows, pass checksum) of the checkpoint
+        self.pass_checksum = None  # of the last complete pass, see _pass_checksum
+        self._sums = (0, 0)
         self.pass_seconds = []
         self._it = None
         self._pending = None
@@ -168,6 +170,7 @@ class _Reader:
             self._whole = k == 0
             if k == 0:
                 self._rows = self._valid = 0
+                self._sums = (0, 0)
                 self._t0 = time.perf_counter()
         chunk = self._pending
         if chunk is None:
@@ -175,6 +178,8 @@ class _Reader:
         self._pending = self._fetch()
         more = self._pending is not None
         self._next = k + 1
+        if self._whole:
+            self._sums = _add_checksum(self._sums, chunk, self._rows)
         chunk = check_chunk(chunk, self.nf, self.nan_policy)
         rows = chunk.n_rows
         X = chunk.X  # (rows, nf), checked; rows may be 0 with nan_policy='omit'
@@ -192,8 +197,11 @@ class _Reader:
             self.progress.update(rows)
         if not more:
             self.close()
+            checksum = _pass_checksum(self._sums) if self._whole else None
             if self._whole and self.expected_rows is not None:
-                self._check_rows(self._rows, self._valid)
+                self._check_rows(self._rows, self._valid, checksum)
+            if checksum is not None:
+                self.pass_checksum = checksum
             self.passes += 1
             self.rows_seen, self.valid_rows = self._rows, self._valid
             self.pass_seconds.append(time.perf_counter() - self._t0)
@@ -202,32 +210,39 @@ class _Reader:
         xd = Xp[:, 0].copy() if self.nf == 1 else np.ascontiguousarray(Xp.T)
         return xd, yp, wp, np.bool_(more)
 
-    def _check_rows(self, rows, valid):
-        """The first complete pass after a resume must count the rows that
-        the checkpoint recorded: for a source whose fingerprint cannot see
-        all the data (an IterableSource), this is where other data show."""
-        want_rows, want_valid = self.expected_rows
+    def _check_rows(self, rows, valid, checksum):
+        """The first complete pass after a resume must count the rows, and sum
+        the values, that the checkpoint recorded: a source's fingerprint sees
+        only part of the data (a sample of rows, the first chunk), so this is
+        where other data show."""
+        want_rows, want_valid, want_sum = self.expected_rows
         self.expected_rows = None
         if (rows, valid) != (want_rows, want_valid):
             raise ValueError(f"`checkpoint` file {os.fspath(self.checkpoint)!r} belongs to a "
                              f"different fit: a pass over the data gave {rows} rows "
                              f"({valid} with non-zero weight), the fit that saved it saw "
                              f"{want_rows} ({want_valid}). Delete it or use another path.")
+        if want_sum is not None and checksum != want_sum:
+            raise ValueError(f"`checkpoint` file {os.fspath(self.checkpoint)!r} belongs to a "
+                             "different fit: the data differ from those it was saved with "
+                             "(same size, other values). Delete it or use another path.")
 
     def count_pass(self):
         """Count the rows of one pass on the host (no model evaluation) and
         check them: a finished checkpoint resumes without a pass of the fit."""
         rows = valid = 0
+        sums = (0, 0)
         chunks = self.source.chunks(self.cs)
         try:
             for chunk in chunks:
+                sums = _add_checksum(sums, chunk, rows)
                 chunk = check_chunk(chunk, self.nf, self.nan_policy)
                 w = chunk.sample_weight
                 rows += chunk.n_rows
                 valid += chunk.n_rows if w is None else int(np.count_nonzero(w))
         finally:
             chunks.close()
-        self._check_rows(rows, valid)
+        self._check_rows(rows, valid, _pass_checksum(sums))
 
 
 def _xshape(cs, nf):
@@ -450,6 +465,32 @@ def _hash_value(v, digest, depth):
         _hash_callable(v, digest, depth + 1)
     else:  # numbers, strings, None, modules, other objects (without addresses)
         digest.update(_ADDRESS.sub("", repr(v)).encode())
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _add_checksum(sums, chunk, start):
+    """Add a raw chunk (rows ``start``, ``start + 1``, ... of a pass) to the
+    pass checksum ``(sum of the float64 bit patterns, sum of bit pattern x
+    (row + 1))`` modulo 2**64: any changed value or reordering of rows shows,
+    at the cost of two integer sums per chunk (a cryptographic hash of every
+    pass would cost a sizeable part of a pass)."""
+    y = np.asarray(chunk.y)
+    rows = y.shape[0] if y.ndim else 1
+    idx = np.arange(start + 1, start + rows + 1, dtype=np.uint64)[:, None]
+    s1, s2 = sums
+    for a in (chunk.X, chunk.y, chunk.sample_weight):
+        if a is None:
+            continue
+        b = np.ascontiguousarray(np.asarray(a, dtype="<f8").reshape(rows, -1)).view(np.uint64)
+        s1 = (s1 + int(b.sum(dtype=np.uint64))) & _MASK64
+        s2 = (s2 + int((b * idx).sum(dtype=np.uint64))) & _MASK64
+    return s1, s2
+
+
+def _pass_checksum(sums):
+    return f"{sums[0]:016x}{sums[1]:016x}"
 
 
 def _chunk_digest(chunk):
@@ -786,10 +827,11 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
             if reader is not None and meta.get("valid_rows") is not None:
                 reader.valid_rows = meta["valid_rows"]
                 reader.rows_seen = meta["rows_seen"]
-                reader.expected_rows = (meta["rows_seen"], meta["valid_rows"])
-                if meta.get("done") and "n_samples" not in expected["source"]:
-                    # No pass will follow, and the fingerprint does not hold
-                    # the size of the data (an IterableSource): count it.
+                reader.expected_rows = (meta["rows_seen"], meta["valid_rows"],
+                                        meta.get("pass_checksum"))
+                if meta.get("done"):
+                    # No pass will follow: read the data once (no model
+                    # evaluation) to check them against the checkpoint.
                     reader.count_pass()
     if carry is None:
         carry = start_prog(*args)
@@ -805,7 +847,8 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
             counts = np.asarray(packed[:5])
             meta = dict(expected, done=not go, nfev=int(counts[1]), nit=int(counts[3]),
                         valid_rows=None if reader is None else reader.valid_rows,
-                        rows_seen=None if reader is None else reader.rows_seen)
+                        rows_seen=None if reader is None else reader.rows_seen,
+                        pass_checksum=None if reader is None else reader.pass_checksum)
             _write_checkpoint(checkpoint, leaves, meta)
         if not go:
             break

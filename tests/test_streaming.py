@@ -410,6 +410,41 @@ def test_checkpoint_of_other_data_from_a_callable_is_refused(tmp_path):
     np.testing.assert_allclose(resumed.params_, straight.params_, rtol=1e-12)
 
 
+def test_checkpoint_of_the_same_size_but_other_values_is_refused(tmp_path):
+    """Values changed outside the rows a source's fingerprint samples and
+    outside the first chunk: the pass checksum stored in the checkpoint
+    catches them, for a finished checkpoint (a checking read on the host) and
+    for an unfinished one (the resumed fit's first complete pass)."""
+    X, y = _data(m=1003)
+    y2 = y.copy()
+    y2[700:720] += 0.01  # not in chunk 0, unlikely to be a sampled row
+    kw = dict(p0=P0, chunk_size=200)
+    ck = tmp_path / "fit.npz"
+    StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(ArraySource(X, y))
+    with pytest.raises(ValueError, match="different fit.*other values"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(ArraySource(X, y2))
+    again = StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(ArraySource(X, y))
+    assert again.passes_ == 0  # the unchanged data resume the finished fit
+
+    def make(yy, fail_on=None):
+        calls = {"n": 0}
+
+        def chunks():
+            calls["n"] += 1
+            for i in range(0, 1003, 150):
+                if calls["n"] == fail_on and i >= 300:
+                    raise OSError("disk went away")
+                yield X[i:i + 150], yy[i:i + 150]
+
+        return chunks
+
+    ck.unlink()
+    with pytest.raises(RuntimeError, match="user chunk"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y, fail_on=7))
+    with pytest.raises(ValueError, match="different fit.*other values"):
+        StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y2))
+
+
 def test_retry_with_the_same_iterable_source_resumes_its_checkpoint(tmp_path):
     """A failed fit taught its IterableSource the number of rows; the retry
     with that source must keep the chunk size (it is in the checkpoint)."""

@@ -91,7 +91,9 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         finds the file resumes from it (after checking that it belongs to
         the same settings, model computation -- the jaxpr of a JAX model,
         the code and arguments of a NumPy one -- and data: the source's
-        fingerprint, the first chunk and the number of rows) and reaches the
+        fingerprint, the first chunk, the number of rows and a checksum of
+        all values, checked at the first complete pass; a finished
+        checkpoint is checked by one read of the data) and reaches the
         same result as an uninterrupted fit. The file is kept after the fit;
         delete it to start afresh.
     checkpoint_every : int, default=1

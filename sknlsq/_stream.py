@@ -591,6 +591,7 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
                                       partial(_callback_read_cached, cs, nf), data, steps)
             with _readers_lock:
                 _readers[token] = reader
+            _model.reset_host_error(model)
             out = _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy,
                                 int(refine))
     except Exception as exc:
@@ -664,7 +665,7 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
         progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs, offsets),
                                   partial(_device_reader, cs, M, offsets), data, None,
                                   whole=True)
-        _model.reset_host_error()
+        _model.reset_host_error(model)
         sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
     host_exc = _model.pop_host_error()
     if host_exc is not None:
@@ -983,7 +984,7 @@ def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool
             return compile_lowered(jax.jit(run).lower(*args))
 
         prog = pool.program(key, build)
-        _model.reset_host_error()
+        _model.reset_host_error(model)
         xn, R, qtf, cost, status, nfev = (np.asarray(a) for a in prog(*args))
     host_exc = _model.pop_host_error()
     if host_exc is not None:

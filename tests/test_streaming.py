@@ -910,3 +910,29 @@ def test_chunk_errors_are_not_logged_by_jax(caplog):
         assert logged() == []
         logger.error("another failure", exc_info=RuntimeError("not ours"))
     assert [r.getMessage() for r in logged()] == ["another failure"]
+
+
+def test_numpy_model_raising_in_a_streaming_fit_is_reported():
+    """A NumPy-only model (run through host callbacks) that raises during a
+    fit from a source: the caller gets its error, not a misleading message."""
+    import warnings
+
+    calls = {"n": 0}
+
+    class Boom(RuntimeError):
+        pass
+
+    def model(x, a, b):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise Boom("boom inside the model")
+        return a * np.exp(-b * np.asarray(x))
+
+    x = np.linspace(0, 3, 500)
+    y = 2 * np.exp(-0.7 * x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="raised Boom") as info:
+            StreamingCurveFitRegressor(model, p0=[1, 1], chunk_size=100).fit(
+                IterableSource(lambda: iter([(x[:, None], y)])))
+    assert isinstance(info.value.__cause__, Boom)

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _model
 from ._config import compile_lowered, x64
-from ._fit import (DEFAULT_REFINE, _as_float_array, _as_floats, _bucket, _check_common,
+from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
                    _initialize_feasible, _make_problem, _plan, _positive, _prepare_bounds,
                    _resolve_solver, _sample_axis)
 from ._pool import resolve_pool
@@ -76,10 +76,7 @@ class BatchFitResult:
 
 
 def _per_curve(a, K, n, name):
-    try:
-        a = np.asarray(a, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"`{name}` must be numbers: {exc}") from None
+    a = _as_float_array(a, name, False)
     if a.ndim == 0:
         return np.full((K, n), float(a))
     if a.shape == (n,):
@@ -150,7 +147,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         names = _model.parameter_names(model, None)
         n = len(names)
     else:
-        p0a = _as_floats(p0, "p0")
+        p0a = _as_float_array(p0, "p0", False)
         n = p0a.shape[-1] if p0a.ndim else 1
         names = _model.parameter_names(model, n)
     lb, ub = _batch_bounds(bounds, K, n)
@@ -176,7 +173,7 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
     # Weights: 1/sigma, sqrt(sample_weight), zero for missing points.
     W = np.ones((K, M))
     if sigma is not None:
-        sig = _as_floats(sigma, "sigma")
+        sig = _as_float_array(sigma, "sigma", False)
         if sig.ndim == 2 and sig.shape == (M, M) and K != M:
             raise ValueError("a covariance-matrix `sigma` is not supported in batched fits; "
                              "give per-point errors (shape (M,) or (K, M)).")
@@ -313,7 +310,7 @@ def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refin
     seg_prog = pool.program(("batch-segment", key, slots, max_steps, shapes), build_seg)
     merge = pool.program(("batch-merge",), lambda: jax.jit(_merge))
 
-    _model.reset_host_error()
+    _model.reset_host_error(plan.f)
     carry = start_prog(*args)
     while True:
         carry, sol, go = seg_prog(carry, *args)

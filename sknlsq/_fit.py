@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import functools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -59,42 +58,6 @@ def jacobian_budget():
     return int(env) if env else _JACOBIAN_BUDGET
 
 
-def _pointwise(model, xdata, p0, m):
-    """Whether ``model`` looks point-wise (row i of its output depends only
-    on row i of ``xdata``), so that chunked evaluation is exact: a block of
-    rows evaluated alone must give what it gives inside a longer array
-    (catches normalisations and running sums over the data)."""
-    k = min(4096, m // 2)
-    try:
-        with x64():
-            # One compiled evaluation of all three (op-by-op evaluation would
-            # compile every operation of the model for each shape).
-            try:
-                prog = _pointwise_program(model, k)
-            except TypeError:  # an unhashable model object: no caching
-                prog = _pointwise_program.__wrapped__(model, k)
-            outs = prog(
-                np.ascontiguousarray(xdata[..., :2 * k], dtype=np.float64),
-                np.asarray(p0, dtype=np.float64))
-            both, *halves = (np.asarray(o, dtype=np.float64) for o in outs)
-    except Exception:  # noqa: BLE001 - any failure (not traceable...): ordinary path
-        return False
-    if both.shape != (2 * k,) or any(h.shape != (k,) for h in halves):
-        return False
-    return bool(np.allclose(both, np.concatenate(halves), rtol=1e-12, atol=0,
-                            equal_nan=True))
-
-
-@functools.lru_cache(maxsize=16)
-def _pointwise_program(model, k):
-    def three(x, p):
-        def ev(xx):
-            return jnp.asarray(model(xx, *[p[i] for i in range(p.shape[0])]), jnp.float64)
-        return ev(x), ev(x[..., :k]), ev(x[..., k:])
-
-    return jax.jit(three)
-
-
 # Verdicts of _rows_independent, by (model, host, sample axis, other dims of x).
 _ROW_CHECKS: dict = {}
 _ROW_CHECK_ROWS = 16
@@ -110,7 +73,8 @@ def _rows_independent(f, host, x, axis, p0):
     rows must give the same values with 8 copies of the last row appended, as
     padding appends them (fails for models using neighbouring rows, such as
     ``np.gradient(x)``). A model that fails to evaluate on so few rows counts
-    as dependent (the fit then runs at its exact shape)."""
+    as dependent (the fit then runs at its exact shape). The same property
+    makes evaluation in chunks exact: the large-data path asks it too."""
     shape = np.shape(x)
     key = (_model._hashable(f), host, axis, shape[:axis] + shape[axis + 1:])
     verdict = _ROW_CHECKS.get(key)
@@ -441,17 +405,9 @@ def _check_tolerances(ftol, xtol, gtol, method):
     return vals["ftol"], vals["xtol"], vals["gtol"]
 
 
-def _as_floats(value, name):
-    """``np.asarray(value, dtype=float)``, with an error naming the argument."""
-    try:
-        return np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"`{name}` must be numeric: {exc}") from None
-
-
 def _positive(value, name):
     """A positive finite number (or array of them), else an error naming it."""
-    v = _as_floats(value, name)
+    v = _as_float_array(value, name, False)
     if v.size == 0 or not np.all(np.isfinite(v) & (v > 0)):
         raise ValueError(f"`{name}` must be positive, got {value!r}.")
     return v if v.ndim else float(v)
@@ -637,7 +593,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         names = _model.parameter_names(model, None)
         n = len(names)
     else:
-        p0 = np.atleast_1d(_as_floats(p0, "p0")).ravel() if np.ndim(p0) <= 1 else None
+        p0 = (np.atleast_1d(_as_float_array(p0, "p0", False)).ravel() if np.ndim(p0) <= 1
+              else None)
         if p0 is None:
             raise ValueError("`p0` must be a 1-D array_like of initial parameter values.")
         n = p0.size
@@ -663,7 +620,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
             raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers.")
         use_jac_scale, x_scale_arr = True, np.ones(n)
     else:
-        x_scale_arr = _as_floats(x_scale, "x_scale")
+        x_scale_arr = _as_float_array(x_scale, "x_scale", False)
         if x_scale_arr.ndim == 0:
             x_scale_arr = np.full(n, float(x_scale_arr))
         if x_scale_arr.shape != (n,) or not np.all(np.isfinite(x_scale_arr) & (x_scale_arr > 0)):
@@ -737,7 +694,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     L = None
     w = _unit_weights(m)
     if sigma is not None:
-        sigma = _as_floats(sigma, "sigma")
+        sigma = _as_float_array(sigma, "sigma", False)
         if sigma.size == 1 or sigma.shape == (m,):
             with np.errstate(divide="ignore"):
                 w = np.broadcast_to(1.0 / sigma.reshape(-1), (m,)).astype(float)
@@ -763,7 +720,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
             and _sample_axis(xdata, m) == xdata.ndim - 1 and jac is None
             and diff_step is None and not col_deriv
             and m * (n + 1) * 8 > jacobian_budget()
-            and _pointwise(model, xdata, p0, m)):
+            and _rows_independent(model, False, xdata, xdata.ndim - 1, p0)):
         from ._stream import fit_in_chunks
 
         unit = sigma is None and sample_weight is None
@@ -809,7 +766,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                     data)
             solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
                                       has_bounds, use_jac_scale, int(refine), args)
-            _model.reset_host_error()
+            _model.reset_host_error(model)
             sol = _unpack(fetch(solver(*args), spin=not plan.uses_host), n)
         finally:
             for buf in lent:

@@ -548,6 +548,37 @@ def test_indeterminate_covariance_lm_is_inf_with_warning():
     np.testing.assert_allclose(popt, ref_popt, rtol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_nonlinear_model_with_an_ignored_parameter_converges_like_scipy(method):
+    """A parameter the model ignores (a zero Jacobian column) in a nonlinear
+    fit. MINPACK takes the least-squares Gauss-Newton step of the
+    rank-deficient system where it fits the trust region; sknlsq's 'lm' held
+    its step at the region's radius instead and stopped at max_nfev
+    (status 0) short of the optimum."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 3, 300)
+    y = 2.0 * np.exp(-1.3 * x) + 0.01 * rng.standard_normal(x.size)
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-b * x) + 0.0 * c
+
+    def model_np(x, a, b, c):
+        return a * np.exp(-b * x) + 0.0 * c
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        popt, _, info, _, ier = curve_fit(model, x, y, p0=[1, 1, 1], method=method,
+                                          full_output=True)
+        ref = scipy_curve_fit(lambda x, a, b: a * np.exp(-b * x), x, y, p0=[1, 1],
+                              ftol=1e-14, xtol=1e-14, gtol=1e-14)[0]
+        ref_nfev = scipy_curve_fit(model_np, x, y, p0=[1, 1, 1], method=method,
+                                   full_output=True)[2]["nfev"]
+    assert 1 <= ier <= 4
+    np.testing.assert_allclose(popt[:2], ref, rtol=1e-7)
+    assert popt[2] == 1.0
+    assert info["nfev"] <= 3 * ref_nfev + 10
+
+
 @pytest.mark.parametrize("method", ["trf", "dogbox"])
 def test_rank_deficient_covariance_trf_uses_pseudo_inverse(method):
     # scipy's trf/dogbox branch inverts J^T J by an SVD that drops zero

@@ -100,9 +100,21 @@ def solve_lsq_trust_region(m, uf, s, V, Delta, alpha0, rtol=0.01, max_iter=10,
     threshold = EPS * m * s[0]
     full_rank = (m >= n) & (s[-1] > threshold)
 
-    s_safe = jnp.where(full_rank, s, 1.0)
-    p_gn = -V @ (uf / s_safe)
-    gn_inside = full_rank & (norm(p_gn) <= Delta)
+    if rescale:
+        # scipy's TRF tries the Gauss-Newton step only at full rank.
+        s_safe = jnp.where(full_rank, s, 1.0)
+        p_gn = -V @ (uf / s_safe)
+        gn_inside = full_rank & (norm(p_gn) <= Delta)
+    else:
+        # MINPACK's lmpar: for a rank-deficient Jacobian the Gauss-Newton
+        # direction is a least-squares solution (here the minimum-norm one,
+        # the singular values at or below the rank threshold dropped), and
+        # it is taken where it fits the region. Otherwise the step would be
+        # held at length Delta (par > 0) however near the minimum, so a
+        # parameter the model ignores stalled the fit until max_nfev.
+        kept = (s > threshold) & (m >= n)
+        p_gn = -V @ jnp.where(kept, uf / jnp.where(kept, s, 1.0), 0.0)
+        gn_inside = norm(p_gn) <= Delta
 
     def phi_and_derivative(alpha):
         denom = s ** 2 + alpha

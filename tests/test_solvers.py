@@ -211,7 +211,8 @@ def test_gram_pass_matches_householder_pass(shift, loss):
     """The Gram pass (used once a previous R is known) gives the same
     linearisation as the Householder TSQR pass: with a good hint through its
     own dot products, and with a poor one (here the identity on a badly
-    conditioned Jacobian) by falling back to the Householder pass."""
+    conditioned Jacobian) by repeating the pass with the factor of the pass
+    before as preconditioner (shifted CholeskyQR3)."""
     from sknlsq._solvers import linearize
 
     rng = np.random.default_rng(0)
@@ -237,6 +238,9 @@ def test_gram_pass_matches_householder_pass(shift, loss):
             # whose accuracy a plain Gram matrix would lose on the second case.
             step_ref = np.linalg.solve(ref.R, ref.qtf)
             np.testing.assert_allclose(np.linalg.solve(got.R, got.qtf), step_ref, rtol=1e-6)
-            cov_ref = np.linalg.inv(A_ref)
-            np.testing.assert_allclose(np.linalg.inv(A_got), cov_ref, rtol=1e-6,
+            # The covariance from R^{-1} R^{-T} (inverting R^T R would lose
+            # cond(R)^2 of precision whatever R's accuracy).
+            Ri_ref, Ri_got = np.linalg.inv(ref.R), np.linalg.inv(got.R)
+            cov_ref = Ri_ref @ Ri_ref.T
+            np.testing.assert_allclose(Ri_got @ Ri_got.T, cov_ref, rtol=1e-6,
                                        atol=1e-9 * np.abs(cov_ref).max())

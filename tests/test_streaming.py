@@ -16,6 +16,7 @@ import h5py
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 from nist_strd import MODELS, NAMES, digits, load
 from sknlsq import (ArraySource, CurveFitRegressor, HDF5Source, IterableSource,
@@ -93,6 +94,36 @@ def test_chunked_in_memory_engine_matches_curve_fit():
                         ftol=1e-12, xtol=1e-12)
     assert _rel(res.params, popt) < 1e-8
     assert _rel(res.pcov, pcov) < 1e-6
+
+
+def test_rank_deficient_jacobian_in_chunks_matches_scipy():
+    """A parameter the model ignores makes every chunked linearisation rank
+    deficient: the Gram passes cannot reach an accurate Cholesky factor and
+    the reduction falls back to the eigen-decomposition of the last one.
+    Same optimum as scipy's fit of the model without that parameter; the
+    covariance follows scipy's curve_fit for a singular Jacobian: infinite
+    for 'lm', the pseudo-inverse (zero for the ignored parameter) for 'trf'."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 3, 3000)
+    y = 2.0 * np.exp(-1.3 * x) + 0.01 * rng.standard_normal(x.size)
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-b * x) + 0.0 * c
+
+    ref, ref_pcov = scipy.optimize.curve_fit(lambda x, a, b: a * np.exp(-b * x), x, y,
+                                             p0=[1, 1], ftol=1e-14, xtol=1e-14, gtol=1e-14)
+    for method in ("lm", "trf"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = StreamingCurveFitRegressor(model, p0=[1, 1, 1], chunk_size=100,
+                                             method=method).fit(x[:, None], y)
+        assert _rel(est.params_[:2], ref) < 1e-7, method
+        assert est.params_[2] == 1.0 and 1 <= est.status_ <= 4
+        if method == "lm":
+            assert np.all(np.isinf(np.diagonal(est.pcov_)))
+        else:  # dof 2997 instead of 2998: 3e-4
+            np.testing.assert_allclose(est.pcov_[:2, :2], ref_pcov, rtol=1e-3)
+            assert np.all(est.pcov_[2] == 0)
 
 
 @pytest.mark.parametrize("start", [1, 2])

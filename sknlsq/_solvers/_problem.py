@@ -318,7 +318,7 @@ def _linearize_chunked_gram(problem, x, data, f_scale, hint):
         return upd
 
     def one_pass(c):
-        k, P, _, _, _, _, _, _ = c
+        k, P = c[:2]
         init = (jnp.zeros((_n_upper(P),), dtype), jnp.zeros((n,), dtype),
                 jnp.zeros((), dtype), jnp.asarray(True))
         Gu, h, cost, finite = _over_chunks(problem, data, init, update(P))
@@ -326,7 +326,7 @@ def _linearize_chunked_gram(problem, x, data, f_scale, hint):
         ok, R, qtf, g, P_next = _gram_finish(G, h, P, m)
         marker = jnp.where(finite, 0.0, jnp.nan).astype(dtype)[None]
         lin = Linearization(marker, cost, R, qtf, g)
-        return k + 1, P_next, ok, lin, G, h, P, marker
+        return k + 1, P_next, ok, lin, G, h, P
 
     def more(c):
         k, _, ok = c[:3]
@@ -335,8 +335,8 @@ def _linearize_chunked_gram(problem, x, data, f_scale, hint):
     z = jnp.zeros((n,), dtype)
     eye = jnp.eye(n, dtype=dtype)
     init = (jnp.zeros((), jnp.int32), _preconditioner(hint), jnp.asarray(False),
-            Linearization(z[:1], z[0], eye, z, z), eye, z, eye, z[:1])
-    _, _, ok, lin, G, h, P, _ = jax.lax.while_loop(more, one_pass, init)
+            Linearization(z[:1], z[0], eye, z, z), eye, z, eye)
+    _, _, ok, lin, G, h, P = jax.lax.while_loop(more, one_pass, init)
 
     def deficient(_):
         R, qtf = _gram_rank_deficient(G, h, P)

@@ -244,3 +244,28 @@ def test_gram_pass_matches_householder_pass(shift, loss):
             cov_ref = Ri_ref @ Ri_ref.T
             np.testing.assert_allclose(Ri_got @ Ri_got.T, cov_ref, rtol=1e-6,
                                        atol=1e-9 * np.abs(cov_ref).max())
+
+
+def test_lm_in_chunks_with_fewer_weighted_rows_than_parameters():
+    """A chunked 'lm' fit where only one row carries weight (m = 1 < n = 2):
+    the Gauss-Newton step is the minimum-norm solution of the underdetermined
+    system, as in memory; it was dropped whole, so the fit stopped at p0 with
+    a success status."""
+    import warnings
+
+    from sknlsq import CurveFitRegressor, StreamingCurveFitRegressor
+
+    def f(x, a, b):
+        return a * jnp.exp(-b * x)
+
+    x = np.linspace(0, 3, 300)
+    y = 2 * np.exp(-0.7 * x)
+    sw = np.zeros(300)
+    sw[5] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = StreamingCurveFitRegressor(f, p0=[1, 1], chunk_size=64).fit(x[:, None], y,
+                                                                      sample_weight=sw)
+        c = CurveFitRegressor(f, p0=[1, 1]).fit(x[:, None], y, sample_weight=sw)
+    assert s.cost_ < 1e-20 and 1 <= s.status_ <= 4
+    np.testing.assert_allclose(s.params_, c.params_, rtol=1e-8)

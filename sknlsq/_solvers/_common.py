@@ -112,7 +112,9 @@ def solve_lsq_trust_region(m, uf, s, V, Delta, alpha0, rtol=0.01, max_iter=10,
         # it is taken where it fits the region. Otherwise the step would be
         # held at length Delta (par > 0) however near the minimum, so a
         # parameter the model ignores stalled the fit until max_nfev.
-        kept = (s > threshold) & (m >= n)
+        # (Also the minimum-norm step of a chunked fit with fewer weighted
+        # rows than parameters, where m counts only those rows.)
+        kept = s > threshold
         p_gn = -V @ jnp.where(kept, uf / jnp.where(kept, s, 1.0), 0.0)
         gn_inside = norm(p_gn) <= Delta
 

@@ -36,6 +36,10 @@ import numpy as np
 __all__ = ["MemoryPool", "get_default_pool", "resolve_pool"]
 
 _active: contextvars.ContextVar = contextvars.ContextVar("sknlsq_active_pool", default=None)
+# The pools active before each enclosing ``with pool:`` of this context
+# (thread / task), innermost last. Kept per context, not per pool: one pool
+# entered by several threads at once must restore each thread's own state.
+_outer: contextvars.ContextVar = contextvars.ContextVar("sknlsq_outer_pools", default=())
 
 # --------------------------------------------------------------------------
 # Programs that must not run concurrently
@@ -149,7 +153,8 @@ class MemoryPool:
     """
 
     def __init__(self, max_pool_size: int = 128, *, cache_dir=None):
-        if not isinstance(max_pool_size, (int, np.integer)) or max_pool_size < 1:
+        if (not isinstance(max_pool_size, (int, np.integer)) or isinstance(max_pool_size, bool)
+                or max_pool_size < 1):
             raise ValueError(f"`max_pool_size` must be a positive integer, got "
                              f"{max_pool_size!r}.")
         self.max_pool_size = int(max_pool_size)
@@ -162,7 +167,6 @@ class MemoryPool:
         self._free: OrderedDict = OrderedDict()  # (shape, dtype) -> [arrays]
         self._held = 0  # bytes of all buffers owned by the pool (free or lent)
         self._lent: dict = {}  # id(array) -> key, for release
-        self._tokens: list = []
         self._id = uuid.uuid4().hex
         with _registry_lock:
             _registry[self._id] = self
@@ -275,11 +279,17 @@ class MemoryPool:
 
     # -- context management ----------------------------------------------------
     def __enter__(self):
-        self._tokens.append(_active.set(self))
+        _outer.set(_outer.get() + (_active.get(),))
+        _active.set(self)
         return self
 
     def __exit__(self, *exc):
-        _active.reset(self._tokens.pop())
+        outer = _outer.get()
+        if not outer:
+            raise RuntimeError("MemoryPool.__exit__ without a matching __enter__ in this "
+                               "thread or context.")
+        _outer.set(outer[:-1])
+        _active.set(outer[-1])
         return False
 
     def __repr__(self):

@@ -127,6 +127,45 @@ def test_active_pool_and_default_pool():
         resolve_pool("not a pool")
 
 
+def test_one_pool_entered_by_several_threads_at_once():
+    """``with pool:`` blocks of one pool in two threads that overlap and end
+    out of order: each thread gets its own pool state back (the exit of the
+    first raised 'Token was created in a different Context')."""
+    pool = MemoryPool()
+    errors, seen = [], {}
+    first_in, second_out = threading.Event(), threading.Event()
+
+    def work(i):
+        try:
+            with MemoryPool() as own:  # the state each exit must restore
+                if i == 1:
+                    first_in.wait()
+                with pool:
+                    if i == 0:
+                        first_in.set()
+                        second_out.wait(10)  # thread 1 enters and leaves meanwhile
+                    seen[i, "in"] = resolve_pool() is pool
+                    popt, _ = curve_fit(decay, *_data(300, 1 + i))
+                    seen[i, "fit"] = popt
+                seen[i, "after"] = resolve_pool() is own
+                if i == 1:
+                    second_out.set()
+        except Exception as exc:  # pragma: no cover - the failure being tested
+            errors.append(exc)
+            second_out.set()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(seen[i, k] for i in (0, 1) for k in ("in", "after"))
+    np.testing.assert_allclose(seen[1, "fit"], curve_fit(decay, *_data(300, 2))[0], rtol=1e-10)
+    with pytest.raises(RuntimeError, match="__enter__"):
+        pool.__exit__(None, None, None)
+
+
 def test_eviction_keeps_working_and_clear_recompiles():
     pool = MemoryPool(max_pool_size=2)
     ref = {}
@@ -205,8 +244,9 @@ def test_batched_lapack_detection():
 
 
 def test_pool_argument_validation(tmp_path):
-    with pytest.raises(ValueError, match="max_pool_size"):
-        MemoryPool(max_pool_size=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="max_pool_size"):
+            MemoryPool(max_pool_size=bad)
     a_file = tmp_path / "f"
     a_file.write_text("")
     for bad in (a_file, a_file / "sub"):

@@ -276,3 +276,21 @@ def test_global_fit_covariance_with_weightless_or_degenerate_groups():
     np.testing.assert_allclose(est.perr_[0], np.sqrt(C[0, 0]), rtol=1e-6)
     np.testing.assert_allclose(est.perr_[1:3], np.sqrt(np.diag(C))[1:3], rtol=1e-6)
     assert np.all(np.isinf(est.perr_[7:9]))
+
+
+def test_numpy_model_is_refused_with_a_clear_error():
+    """The sparse solvers differentiate the model with JAX: a NumPy model gave
+    a bare TracerArrayConversionError in global fits and with an explicit
+    `jac_sparsity`."""
+    def decay_np(t, amp, off, rate):
+        return amp * np.exp(-rate * t) + off
+
+    t = np.tile(np.linspace(0, 3, 20), 3)
+    g = np.repeat([0, 1, 2], 20)
+    y = np.array([1.0, 2.0, 3.0])[g] * np.exp(-0.8 * t) + 0.1 * g
+    for est, X in ((SparseCurveFitRegressor(decay_np, p0=[1, 0, 1], local_params=["amp", "off"],
+                                            group_column=1), np.c_[t, g]),
+                   (SparseCurveFitRegressor(decay_np, p0=[1, 0, 1],
+                                            jac_sparsity=np.ones((60, 3))), t[:, None])):
+        with pytest.raises(TypeError, match="`model` that JAX can trace"):
+            est.fit(X, y)

@@ -281,6 +281,7 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                              ) from None
         if not (np.all(np.isfinite(p0_local)) and np.all(np.isfinite(p0_shared))):
             raise ValueError("`p0` must contain only finite values.")
+        self._require_traceable(self.model, _xdata(feats), n_params)
         res = fit_global(self.model, _xdata(feats), y, w, group, G, local_idx, shared_idx,
                          p0_local, p0_shared, ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
                          max_nfev=self.max_nfev, pool=self.pool)
@@ -334,6 +335,7 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         else:
             pattern = validate_pattern(self.jac_sparsity, m, n)
             sparsity = 1.0 - pattern.nnz / (m * n)
+            self._require_traceable(model, xdata, n)
             self._verify_pattern(model, xdata, p0, pattern)
         solver = self.tr_solver
         if solver == "schur":
@@ -440,6 +442,17 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                 if missing.size:
                     raise ValueError(f"`jac_sparsity` misses true non-zeros of the Jacobian: "
                                      f"column {j}, rows {missing[:5].tolist()}.")
+
+    @staticmethod
+    def _require_traceable(model, xdata, n):
+        """The sparse solvers differentiate the model with JAX: a NumPy model
+        gets this error instead of a tracer conversion error from inside."""
+        _, exc = _model.probe_jax(model, np.shape(xdata), n)
+        if exc is not None:
+            raise TypeError(f"SparseCurveFitRegressor needs a `model` that JAX can trace "
+                            f"(jax.numpy operations on the parameters); tracing failed with "
+                            f"{type(exc).__name__}: {exc}. Fit NumPy models with "
+                            "CurveFitRegressor.") from None
 
     def _store_common(self, res):
         self.cost_ = res.cost

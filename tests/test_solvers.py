@@ -269,3 +269,16 @@ def test_lm_in_chunks_with_fewer_weighted_rows_than_parameters():
         c = CurveFitRegressor(f, p0=[1, 1]).fit(x[:, None], y, sample_weight=sw)
     assert s.cost_ < 1e-20 and 1 <= s.status_ <= 4
     np.testing.assert_allclose(s.params_, c.params_, rtol=1e-8)
+
+
+def test_residuals_whose_squares_overflow_are_refused_not_converged():
+    """|f| ~ 1e155: finite residuals whose sum of squares overflows float64.
+    The cost was inf and MINPACK's scaled gradient 0, so 'lm' reported
+    convergence at the untouched p0."""
+    from sknlsq import curve_fit
+
+    x = np.linspace(0, 4, 50)
+    y = 1e155 * (2.5 * np.exp(-1.3 * x) + 0.5)
+    for method in ("lm", "trf"):
+        with pytest.raises(ValueError, match="p0"):
+            curve_fit(lambda x, a, b, c: 1e155 * (a * jnp.exp(-b * x) + c), x, y, method=method)

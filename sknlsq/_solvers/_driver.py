@@ -92,7 +92,10 @@ def start(problem, x0, data, lb, ub, x_scale, opts: Options, *, method: str,
     if method == "trf" and has_bounds:
         x0 = make_strictly_feasible(x0, lb, ub)
     state = alg.init(problem, x0, data, lb, ub, x_scale, opts, **static)
-    finite0 = jnp.all(jnp.isfinite(state.f_true))
+    # A finite residual vector whose sum of squares overflows (|f| ~ 1e155)
+    # cannot be solved in float64 either: its cost is inf, its scaled
+    # gradient 0, which would pass for convergence at p0.
+    finite0 = jnp.all(jnp.isfinite(state.f_true)) & jnp.isfinite(state.cost)
     status = jnp.where(finite0, jnp.where(state.term > 0, state.term, RUNNING), NONFINITE_X0)
     state = state._replace(term=jnp.zeros_like(state.term))
     return Carry(state, status.astype(jnp.int32), jnp.asarray(refine, jnp.int32))

@@ -35,7 +35,7 @@ from . import _model
 from ._config import compile_lowered, x64
 from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
                    _initialize_feasible, _make_problem, _plan, _positive, _prepare_bounds,
-                   _resolve_solver, _sample_axis)
+                   _resolve_solver, _sample_axis, point_scale_key)
 from ._pool import resolve_pool
 from ._solvers import MESSAGES, Options, advance, finish, running, start
 from ._solvers._losses import loss_id, static_loss
@@ -170,7 +170,12 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
             raise ValueError("`x_scale` must be 'jac' or positive numbers.")
         use_jac_scale = False
 
-    # Weights: 1/sigma, sqrt(sample_weight), zero for missing points.
+    # Weights: 1/sigma, sqrt(sample_weight), zero for missing points. A
+    # robust loss scales f_scale per point by sqrt(sample_weight) (sample
+    # weights as frequencies): ``W`` itself without sigma, else ``S``.
+    point_scale = point_scale_key(loss, sample_weight is not None,
+                                  separate=sigma is not None)
+    S = None
     W = np.ones((K, M))
     if sigma is not None:
         sig = _as_float_array(sigma, "sigma", False)
@@ -194,6 +199,8 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         if not np.all(np.isfinite(sw)) or np.any(sw < 0):
             raise ValueError("`sample_weight` must be finite and non-negative.")
         W = W * np.sqrt(sw)
+        if point_scale == "s":
+            S = np.sqrt(sw)
     W = np.where(missing, 0.0, W)
     Yf = np.where(missing, 0.0, Y)
     n_points = np.count_nonzero(W, axis=1)
@@ -212,6 +219,8 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
             pad = m_pad - M
             Yf = np.concatenate([Yf, np.zeros((K, pad))], axis=1)
             W = np.concatenate([W, np.zeros((K, pad))], axis=1)
+            if S is not None:
+                S = np.concatenate([S, np.zeros((K, pad))], axis=1)
             if xdata.ndim >= 1:
                 xv = np.moveaxis(xdata, axis, -1)
                 xdata = np.moveaxis(np.concatenate([xv, np.repeat(xv[..., -1:], pad, -1)],
@@ -223,9 +232,12 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
         problem_key = (plan.key, plan.out_shape if plan.mode == "host" else None,
                        static_loss(loss),
                        method, has_bounds, use_jac_scale, int(refine), xdata.shape, n)
+        if point_scale is not None:  # "w" has the layout of unweighted data
+            problem_key = problem_key + (("point_scale", point_scale),)
         pending = np.flatnonzero(~too_few)
         out = _run_batched(pool, problem_key, plan, loss, method, has_bounds, use_jac_scale,
-                           int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, pending, retire)
+                           int(refine), xdata, Yf, W, P0, lb, ub, XS, opts, pending, retire,
+                           point_scale, S)
     host_exc = _model.pop_host_error()
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
@@ -243,27 +255,32 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
                           param_names=tuple(names))
 
 
-def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, args, slots):
+def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, args, slots,
+              point_scale=None):
     """Compiled (start, segment) programs for ``slots`` curves at a time."""
     kw = dict(method=method, has_bounds=has_bounds, use_jac_scale=use_jac_scale)
-    axes = (0, {"x": None, "y": 0, "w": 0}, 0, 0, 0, None)
+    data_axes = {name: None if name == "x" else 0 for name in args[1]}
+    axes = (0, data_axes, 0, 0, 0, None)
     shapes = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(args))
 
+    def problem_of():
+        return _make_problem(plan, "diag", loss, True, point_scale)._replace(batched=True)
+
     def build_start():
-        problem = _make_problem(plan, "diag", loss, True)._replace(batched=True)
+        problem = problem_of()
         f = jax.vmap(partial(start, problem, refine=refine, **kw), in_axes=axes)
         return compile_lowered(jax.jit(f).lower(*args))
 
     start_prog = pool.program(("batch-start", key, slots, shapes), build_start)
 
     def build_segment(max_steps):
-        problem = _make_problem(plan, "diag", loss, True)._replace(batched=True)
+        problem = problem_of()
 
         def segment(carry, x0, data, lb, ub, x_scale, opts):
             def one(c, d, lo, hi):
                 return advance(c, problem, d, lo, hi, opts, max_steps, **kw)
 
-            carry = jax.vmap(one, in_axes=(0, {"x": None, "y": 0, "w": 0}, 0, 0))(
+            carry = jax.vmap(one, in_axes=(0, data_axes, 0, 0))(
                 carry, data, lb, ub)
             sol = jax.vmap(lambda c, l, u: finish(c, l, u, opts, method=method))(carry, lb, ub)
             go = jax.vmap(lambda c: running(c, opts))(carry)
@@ -275,7 +292,7 @@ def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, 
 
 
 def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, xdata,
-                 Y, W, P0, LB, UB, XS, opts, pending, retire):
+                 Y, W, P0, LB, UB, XS, opts, pending, retire, point_scale=None, S=None):
     K, n = P0.shape
     params = np.array(P0, dtype=float)
     cost = np.full(K, np.nan)
@@ -292,14 +309,17 @@ def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refin
     max_steps = None if (not retire or len(queue) <= slots) else SEGMENT
 
     def gather(idx):
-        return (P0[idx], {"x": xdata, "y": Y[idx], "w": W[idx]}, LB[idx], UB[idx], XS[idx])
+        data = {"x": xdata, "y": Y[idx], "w": W[idx]}
+        if S is not None:
+            data["s"] = S[idx]
+        return (P0[idx], data, LB[idx], UB[idx], XS[idx])
 
     occupant = np.array(queue[:slots] + [queue[0]] * max(0, slots - len(queue)))
     real = np.arange(slots) < min(slots, len(queue))
     queue = queue[slots:]
     args = gather(occupant) + (opts,)
     start_prog, build_segment = _programs(pool, key, plan, loss, method, has_bounds,
-                                          use_jac_scale, refine, args, slots)
+                                          use_jac_scale, refine, args, slots, point_scale)
 
     def build_seg():
         carry = start_prog(*args)

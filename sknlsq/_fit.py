@@ -206,8 +206,22 @@ def _unpack(v, n):
                 x=x, active=active, sv=sv, VT=VT, fun=fun)
 
 
-def _make_problem(plan, weighting, loss, use_fwd):
-    """Residual ``w * T^{-1} (f(x, p) - y)`` and its Jacobian for a plan."""
+def point_scale_key(loss, weighted, separate=False):
+    """The ``point_scale`` of a problem (see ``_solvers._problem``): where a
+    robust loss finds the per-point multipliers ``sqrt(sample_weight)`` of
+    ``f_scale`` that make sample weights frequencies. None for the linear
+    loss (``w`` already makes them frequencies there) and without sample
+    weights; ``"w"`` where the residual weights are ``sqrt(sample_weight)``
+    themselves (no second array); ``"s"`` (``separate``: a 1-D ``sigma`` as
+    well) for a row of its own."""
+    if loss == "linear" or not weighted:
+        return None
+    return "s" if separate else "w"
+
+
+def _make_problem(plan, weighting, loss, use_fwd, point_scale=None):
+    """Residual ``w * T^{-1} (f(x, p) - y)`` and its Jacobian for a plan;
+    ``point_scale`` as returned by :func:`point_scale_key`."""
 
     def model_values(p, d):
         return jnp.broadcast_to(plan.evaluate(p, d["x"]), d["y"].shape).reshape(-1)
@@ -233,7 +247,7 @@ def _make_problem(plan, weighting, loss, use_fwd):
             J = whiten(plan.jacobian(p, d["x"]), d)
             return f, d["w"][:, None] * J
 
-    return Problem(fun, fun_jac, static_loss(loss))
+    return Problem(fun, fun_jac, static_loss(loss), point_scale=point_scale)
 
 
 def _pack_args(p0, lb, ub, x_scale, opts):
@@ -254,20 +268,23 @@ def _unpack_args(theta, n):
 
 
 def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
-                     use_jac_scale, refine, args):
+                     use_jac_scale, refine, args, point_scale=None):
     """The compiled whole-fit program for these settings and argument shapes.
 
     ``args = (theta, data)``: :func:`_pack_args`'s vector and the data dict,
-    whose ``"xyw"`` entry (if present) stacks 1-D ``x``, ``y`` and ``w``."""
+    whose ``"xyw"`` entry (if present) stacks 1-D ``x``, ``y`` and ``w`` (and
+    ``s``, a fourth row, for ``point_scale="s"``)."""
     theta, data = args
     n = (theta.shape[0] - len(Options._fields)) // 4
     shapes = tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(data.items()))
     key = ("curve_fit", plan.key, plan.out_shape if plan.mode == "host" else None,
            weighting, static_loss(loss), use_fwd, method, has_bounds, use_jac_scale, refine, n,
            shapes)
+    if point_scale is not None:  # "w" has the layout of unweighted data
+        key = key + (("point_scale", point_scale),)
 
     def build():
-        problem = _make_problem(plan, weighting, loss, use_fwd)
+        problem = _make_problem(plan, weighting, loss, use_fwd, point_scale)
         run = partial(solve, problem, method=method, has_bounds=has_bounds,
                       use_jac_scale=use_jac_scale, refine=refine)
 
@@ -277,6 +294,8 @@ def _compiled_solver(pool, plan, weighting, loss, use_fwd, method, has_bounds,
                 data = dict(data)
                 xyw = data.pop("xyw")
                 data.update(x=xyw[0], y=xyw[1], w=xyw[2])
+                if xyw.shape[0] == 4:
+                    data["s"] = xyw[3]
             return _pack(run(p0, data, lb, ub, xs, opts))
 
         return compile_lowered(jax.jit(program).lower(*args))
@@ -584,6 +603,15 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     ``gtol=None`` means scipy's default for the method: 0 for 'lm' (leastsq),
     1e-8 otherwise. Does not raise on non-convergence (``success=False``); raises ``ValueError``
     (``TypeError`` where scipy does) naming the argument for bad input.
+
+    ``sample_weight`` (shape of ``ydata``) are frequency weights for every
+    loss: point ``i`` adds ``w_i * f_scale**2 * rho(r_i**2 / f_scale**2)``
+    to twice the cost (``w_i * r_i**2`` for the linear loss), so an integer
+    weight ``k`` equals the point repeated ``k`` times and zero leaves it
+    out; ``sigma`` keeps scipy's meaning (inside ``rho``). The residuals are
+    multiplied by ``sqrt(w_i)`` and, for a robust loss, the loss scale of
+    point ``i`` is ``f_scale * sqrt(w_i)``, which is the same objective. The
+    covariance's degrees of freedom count the points of non-zero weight.
     """
     pool = resolve_pool(pool)
     f_scale = _check_common(model, method, loss, nan_policy, jac, f_scale, refine)
@@ -707,8 +735,18 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         else:
             raise ValueError(f"`sigma` has incorrect shape {sigma.shape}; expected a scalar, "
                              f"({m},) or ({m}, {m}).")
+    # Robust losses: each point's loss scale is f_scale * sqrt(sample_weight)
+    # (``s``), so that sample weights are frequencies (see _solvers._losses);
+    # it is ``w`` itself unless a 1-D sigma enters ``w`` too.
+    s = None
+    point_scale = point_scale_key(loss, sample_weight is not None,
+                                  separate=sigma is not None and weighting == "diag")
     if sample_weight is not None:
-        w = w * np.sqrt(sample_weight.reshape(-1))
+        root = np.sqrt(sample_weight.reshape(-1))
+        w = w * root
+        s = root if point_scale == "s" else None
+    # Degrees of freedom of the covariance: the points of non-zero weight
+    # (sample weights count as frequencies in the fit, not in this count).
     m_dof = m if sample_weight is None else int(np.count_nonzero(sample_weight))
 
     fd_scheme = jac if isinstance(jac, str) else "2-point"
@@ -725,6 +763,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
         unit = sigma is None and sample_weight is None
         res = fit_in_chunks(model, xdata, ydata, None if unit else w,
+                            point_scale=w if point_scale == "w" else s,
                             chunk_size=_CHUNK_ROWS, p0=p0, bounds=(lb, ub), method=method,
                             loss=loss, f_scale=f_scale, x_scale=x_scale, ftol=ftol, xtol=xtol, gtol=gtol,
                             max_nfev=max_nfev, refine=int(refine), pool=pool,
@@ -759,13 +798,14 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         lent = []
         try:
             data = _stage_data(pool, lent, xdata if x_is_array else None, ydata, w, L, m,
-                               m_pad, axis)
+                               m_pad, axis, s)
             # NumPy arrays go straight to the compiled executable; converting
             # them to jax arrays first would cost more than a small solve.
             args = (_pack_args(np.asarray(p0, dtype=np.float64), lb, ub, x_scale_arr, opts),
                     data)
             solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
-                                      has_bounds, use_jac_scale, int(refine), args)
+                                      has_bounds, use_jac_scale, int(refine), args,
+                                      point_scale)
             _model.reset_host_error(model)
             sol = _unpack(fetch(solver(*args), spin=not plan.uses_host), n)
         finally:
@@ -795,14 +835,16 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                      cov_estimated=estimated)
 
 
-def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
+def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis, s=None):
     """The data arrays for the solver, padded to ``m_pad`` in pooled buffers.
 
     Padding rows repeat the last point (so the model stays finite there) and
     get zero weight. A 1-D ``x`` is stacked with ``y`` and the weights into
     one ``(3, m_pad)`` buffer (one argument of the compiled call instead of
-    three). Buffers are appended to ``lent`` for the caller to release once
-    the compiled program has returned.
+    three; ``(4, m_pad)`` with the loss-scale multipliers ``s``, given only
+    for a robust loss with both sample weights and a 1-D sigma). Buffers are
+    appended to ``lent`` for the caller to release once the compiled program
+    has returned.
     """
     def buffer(shape):
         buf = pool.acquire(shape)
@@ -819,13 +861,17 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
         data = {"x": np.zeros(()) if x is None else x, "y": y, "w": w}
         if L is not None:
             data["L"] = L
+        if s is not None:
+            data["s"] = s
         return data
     if stack:
         # One argument instead of three (see _pack_args).
-        xyw = buffer((3, m_pad))
+        xyw = buffer((3 if s is None else 4, m_pad))
         put(xyw[0], x, x[-1])
         put(xyw[1], y, y[-1])
         put(xyw[2], w, 0.0)
+        if s is not None:
+            put(xyw[3], s, 0.0)
         return {"xyw": xyw}
     yb = buffer((m_pad,))
     put(yb, y, y[-1])
@@ -842,6 +888,10 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis):
         src = np.moveaxis(x, axis, 0)
         put(np.moveaxis(xb, axis, 0), src, src[-1])
     data = {"x": xb, "y": yb, "w": wb}
+    if s is not None:
+        sb = buffer((m_pad,))
+        put(sb, s, 0.0)
+        data["s"] = sb
     if L is not None:
         Lb = buffer((m_pad, m_pad))
         Lb[...] = 0.0

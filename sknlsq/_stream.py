@@ -52,7 +52,7 @@ from jax.experimental import io_callback
 from . import _model
 from ._config import compile_lowered, x64, x64_in_callback_thread
 from ._fit import (DEFAULT_REFINE, EPS, FitResult, _check_common, _initialize_feasible,
-                   _make_problem, _plan, _prepare_bounds, _resolve_solver)
+                   _make_problem, _plan, _prepare_bounds, _resolve_solver, point_scale_key)
 from ._pool import resolve_pool
 from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance, finish,
                        linearize, running, start)
@@ -114,7 +114,9 @@ class _Reader:
     """Serves chunk ``k`` of the current pass to the compiled program.
 
     Chunks are padded to ``chunk_size`` rows: ``x`` repeats a valid row, the
-    weights are zero. Passes are read sequentially (chunk 0 starts a new
+    weights are zero. The weights are ``sqrt(sample_weight)`` (ones without),
+    which is also what a robust loss scales ``f_scale`` by (``point_scale``
+    ``"w"``). Passes are read sequentially (chunk 0 starts a new
     one); any exception is kept in ``error`` for the caller to re-raise once
     the compiled program has stopped.
     """
@@ -557,6 +559,9 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
     nf = first.X.reshape(first.n_rows, -1).shape[1]
     st = _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xtol, gtol,
                          max_nfev, refine, nf)
+    # Chunks carry the weights sqrt(sample_weight) as "w": a robust loss
+    # scales f_scale by them (sample weights as frequencies).
+    st["point_scale"] = point_scale_key(st["loss"], first.sample_weight is not None)
     n = st["n"]
     if source.n_samples not in (None, 1) and n > source.n_samples:  # scipy's rule
         raise TypeError(f"The number of func parameters={n} must not exceed the number of "
@@ -632,14 +637,19 @@ def _callback_read_cached(cs, nf):
 
 
 def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, pool=None,
-                  refine=DEFAULT_REFINE, absolute_sigma=False, m_dof=None, **settings):
+                  refine=DEFAULT_REFINE, absolute_sigma=False, m_dof=None, point_scale=None,
+                  **settings):
     """Exact fit of in-memory data without ever forming the full Jacobian.
 
     The program slices chunks of ``chunk_size`` rows out of the flat arrays
     (the last chunk overlaps the one before it, and its already-counted
     rows get zero weight), so no padded copy of the data is made. ``xdata``
     follows scipy's convention (1-D, or (k, M)); ``weights`` are the residual
-    weights (``1 / sigma``), or None for ones.
+    weights (``sqrt(sample_weight) / sigma``), or None for ones.
+    ``point_scale``: for a robust loss with sample weights, the per-point
+    multipliers ``sqrt(sample_weight)`` of ``f_scale`` (sample weights as
+    frequencies); pass ``weights`` itself (the same object) where they are
+    equal, which adds no array. None: one ``f_scale``.
     """
     cs = _check_chunk_size(chunk_size)
     pool = resolve_pool(pool)
@@ -657,11 +667,18 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
     if settings:
         raise TypeError(f"unexpected settings {sorted(settings)}")
     w = np.ones(()) if weights is None else np.asarray(weights, dtype=float)
+    s = None
+    if point_scale is not None and st["loss"] != "linear":
+        if point_scale is weights:
+            st["point_scale"] = "w"
+        else:
+            st["point_scale"] = "s"
+            s = np.asarray(point_scale, dtype=float).reshape(-1)
     with x64():
         plan, _ = _plan(model, x[..., :cs], True, st["n"], cs, cs, (cs,), (cs,), None,
                         "2-point", None, False, st["p0"], st["lb"], st["ub"], -1,
                         stacklevel + 1)
-        data, offsets = _aligned_data(x, y, w, cs)
+        data, offsets = _aligned_data(x, y, w, cs, s)
         progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs, offsets),
                                   partial(_device_reader, cs, M, offsets), data, None,
                                   whole=True)
@@ -680,20 +697,23 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
 _ALIGN = 64  # bytes: the CPU runtime aliases host buffers aligned to this, else copies
 
 
-def _aligned_data(x, y, w, cs):
+def _aligned_data(x, y, w, cs, s=None):
     """The arrays of an in-memory chunked fit, arranged so that the compiled
-    call can use the caller's memory instead of a copy.
+    call can use the caller's memory instead of a copy (``s``: the loss-scale
+    multipliers of a robust loss, where they are not ``w``; else None).
 
     The CPU runtime aliases a host array only if it starts on a 64-byte
     boundary, and NumPy's large arrays usually start 16 bytes past one. So
     each 1-D array is passed as its aligned tail ``a[off:]`` (``off`` <= 7
     rows, a view) plus a copy of its first chunk ``a[:cs]``, which chunk 0
-    reads instead. Returns ``(data, offsets)``; ``offsets`` (static) enter
-    the program key. 2-D ``x`` (several features) is passed whole.
+    reads instead. Returns ``(data, offsets)``; ``offsets`` (static, one per
+    array: x, y, w and s if given) enter the program key. 2-D ``x`` (several
+    features) is passed whole.
     """
     M = y.shape[0]
     data, offsets = {"m": np.float64(M)}, []
-    for name, a in (("x", x), ("y", y), ("w", w)):
+    arrays = (("x", x), ("y", y), ("w", w)) + ((("s", s),) if s is not None else ())
+    for name, a in arrays:
         a = a if a.ndim == 0 else np.ascontiguousarray(a)
         off = 0
         if a.ndim == 1 and M >= cs + _ALIGN // 8 and a.ctypes.data % 8 == 0:
@@ -710,7 +730,7 @@ def _aligned_data(x, y, w, cs):
 
 def _device_reader(cs, M, offsets):
     """Chunk ``k`` of in-memory data laid out by :func:`_aligned_data`."""
-    offs = dict(zip(("x", "y", "w"), offsets))
+    offs = dict(zip(("x", "y", "w", "s"), offsets))
 
     def read(k, data):
         first = k * cs
@@ -729,7 +749,7 @@ def _device_reader(cs, M, offsets):
             return jax.lax.dynamic_slice_in_dim(a, start - off, cs, axis=-1)
 
         def chunk(from_head):
-            return {name: rows(name, from_head) for name in ("x", "y", "w")}
+            return {name: rows(name, from_head) for name in offs}
 
         if all(offs[name] is None or data[name].ndim == 0 for name in offs):
             c = chunk(False)
@@ -747,14 +767,17 @@ def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps, whole
     used when nothing needs the state between segments)."""
     kw = dict(method=st["method"], has_bounds=st["has_bounds"],
               use_jac_scale=st["use_jac_scale"])
+    point_scale = st.get("point_scale")
     base = ("chunked", key, plan.key, plan.out_shape if plan.mode == "host" else None,
             static_loss(st["loss"]), st["method"], st["has_bounds"], st["use_jac_scale"], refine,
             st["n"],
             tuple((k, np.shape(v)) for k, v in sorted(data.items())))
+    if point_scale is not None:  # "w" has the layout of unweighted data
+        base = base + (("point_scale", point_scale),)
 
     def problem():
-        p = _make_problem(plan, "diag", st["loss"], True)
-        return ChunkedProblem(p.fun, p.fun_jac, make_read(), p.loss)
+        p = _make_problem(plan, "diag", st["loss"], True, point_scale)
+        return ChunkedProblem(p.fun, p.fun_jac, make_read(), p.loss, p.point_scale)
 
     args = (st["p0"], data, st["lb"], st["ub"], st["xs"], st["opts"])
 
@@ -858,13 +881,18 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
 
 def _settings_fingerprint(st, cs, nan_policy, refine):
     o = st["opts"]
-    return dict(method=st["method"], loss=st["loss"], n=st["n"], chunk_size=cs,
-                nan_policy=nan_policy, refine=refine, has_bounds=st["has_bounds"],
-                use_jac_scale=st["use_jac_scale"],
-                p0=[float(v) for v in st["p0"]], lb=[float(v) for v in st["lb"]],
-                ub=[float(v) for v in st["ub"]], x_scale=[float(v) for v in st["xs"]],
-                ftol=float(o.ftol), xtol=float(o.xtol), gtol=float(o.gtol),
-                max_nfev=int(o.max_nfev), f_scale=float(o.f_scale))
+    fp = dict(method=st["method"], loss=st["loss"], n=st["n"], chunk_size=cs,
+              nan_policy=nan_policy, refine=refine, has_bounds=st["has_bounds"],
+              use_jac_scale=st["use_jac_scale"],
+              p0=[float(v) for v in st["p0"]], lb=[float(v) for v in st["lb"]],
+              ub=[float(v) for v in st["ub"]], x_scale=[float(v) for v in st["xs"]],
+              ftol=float(o.ftol), xtol=float(o.xtol), gtol=float(o.gtol),
+              max_nfev=int(o.max_nfev), f_scale=float(o.f_scale))
+    if st.get("point_scale") is not None:
+        # A robust loss scaled per point by sqrt(sample_weight): checkpoints
+        # of the earlier objective (f_scale alone) are refused.
+        fp["point_scale"] = "sqrt(sample_weight)"
+    return fp
 
 
 def _unpack_small(v, n, m):
@@ -933,7 +961,11 @@ class OnlineState:
 def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool,
                   max_nfev, lam=1.0, refine=0, stacklevel=2):
     """Fit one chunk against the accumulated information; returns the new
-    :class:`OnlineState` and the solver status of this update."""
+    :class:`OnlineState` and the solver status of this update.
+
+    ``w``: the residual weights ``sqrt(sample_weight)``; with
+    ``st["point_scale"] == "w"`` (a robust loss with sample weights) they
+    scale ``f_scale`` per point too, so that weights are frequencies."""
     from ._fit import _bucket
 
     pool = resolve_pool(pool)
@@ -963,13 +995,16 @@ def online_update(model, state: OnlineState | None, xdata, y, w, *, p0, st, pool
                         None, False, x0, st["lb"], st["ub"], -1, stacklevel + 1)
         data = {"x": xp, "y": yp, "w": wp, "prior": (Rp, zp, x0)}
         args = (x0, data, st["lb"], st["ub"], st["xs"], opts)
+        point_scale = st.get("point_scale")
         key = ("online", plan.key, plan.out_shape if plan.mode == "host" else None,
                static_loss(st["loss"]), st["method"], st["has_bounds"], st["use_jac_scale"],
                refine, n,
                np.shape(xp))
+        if point_scale is not None:  # "w" has the layout of unweighted data
+            key = key + (("point_scale", point_scale),)
 
         def build():
-            p = _make_problem(plan, "diag", st["loss"], True)._replace(prior=True)
+            p = _make_problem(plan, "diag", st["loss"], True, point_scale)._replace(prior=True)
 
             def run(x0, data, lb, ub, xs, opts):
                 carry = start(p, x0, data, lb, ub, xs, opts, refine=refine, **kw)

@@ -967,3 +967,153 @@ def test_numpy_model_raising_in_a_streaming_fit_is_reported():
             StreamingCurveFitRegressor(model, p0=[1, 1], chunk_size=100).fit(
                 IterableSource(lambda: iter([(x[:, None], y)])))
     assert isinstance(info.value.__cause__, Boom)
+
+
+# --------------------------------------------------------------------------
+# Sample weights are frequencies for the robust losses too
+# --------------------------------------------------------------------------
+
+ROBUST = ("soft_l1", "huber", "cauchy", "arctan")
+TIGHT = dict(ftol=1e-12, xtol=1e-12, gtol=1e-12)
+
+
+def decay(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def _robust_data(m=60, seed=11):
+    """Decay data with outliers (so that the robust losses act) in random
+    order, and integer weights 0..3, zero for a few points."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 4, m)
+    y = 2.5 * np.exp(-1.3 * x) + 0.5 + 0.002 * rng.normal(size=m)
+    y[::10] += 0.3
+    w = rng.integers(0, 4, size=m)
+    w[[0, 9, 30]] = 0
+    return x, y, w
+
+
+def _robust_kw(loss):
+    return dict(p0=[2.0, 1.0, 0.5], method="trf", loss=loss, f_scale=0.004, **TIGHT)
+
+
+def _same_fit_as_repeated(weighted, repeated, w, n=3):
+    """Same parameters and cost; the covariances differ only by the degrees
+    of freedom, which count the points of non-zero weight (as for the linear
+    loss): pcov * (m - n) is the same."""
+    assert _rel(weighted.params_, repeated.params_) < 1e-8
+    assert _rel(weighted.cost_, repeated.cost_) < 1e-8
+    np.testing.assert_allclose(weighted.pcov_ * (np.count_nonzero(w) - n),
+                               repeated.pcov_ * (np.sum(w) - n), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ROBUST)
+def test_robust_sample_weight_in_the_chunked_in_memory_path_is_repetition(monkeypatch, loss):
+    """Above the Jacobian budget (forced here, with chunks of 16 rows) a
+    CurveFitRegressor with a robust loss fits in chunks: integer weights
+    equal repeated rows, zero weights removed rows, and the fit equals the
+    in-memory one. Also with a per-point ``sigma`` (scipy's meaning, inside
+    rho) next to the weights, which takes a row of loss scales of its own."""
+    import sknlsq._fit as fit_module
+    import sknlsq._stream as stream
+    from sknlsq._fit import fit_curve
+
+    x, y, w = _robust_data()
+    kw = _robust_kw(loss)
+    in_memory = CurveFitRegressor(decay, **kw).fit(x[:, None], y, sample_weight=w)
+    sigma = 0.5 + 0.5 * np.random.default_rng(4).uniform(size=x.size)
+    sig_in_memory = fit_curve(decay, x, y, sigma=sigma, sample_weight=w, **kw)
+
+    calls = []
+    original = stream.fit_in_chunks
+    monkeypatch.setattr(stream, "fit_in_chunks", lambda *a, **k: calls.append(1) or
+                        original(*a, **k))
+    monkeypatch.setattr(fit_module, "_CHUNK_ROWS", 16)
+    monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "256")
+    weighted = CurveFitRegressor(decay, **kw).fit(x[:, None], y, sample_weight=w)
+    assert calls, "the chunked path was not taken"
+    repeated = CurveFitRegressor(decay, **kw).fit(np.repeat(x, w)[:, None], np.repeat(y, w))
+    _same_fit_as_repeated(weighted, repeated, w)
+    keep = w > 0
+    removed = CurveFitRegressor(decay, **kw).fit(x[keep, None], y[keep],
+                                                 sample_weight=w[keep])
+    assert _rel(weighted.params_, removed.params_) < 1e-8
+    np.testing.assert_allclose(weighted.pcov_, removed.pcov_, rtol=1e-6)
+    assert _rel(weighted.params_, in_memory.params_) < 1e-8
+    np.testing.assert_allclose(weighted.pcov_, in_memory.pcov_, rtol=1e-6)
+
+    sig_weighted = fit_curve(decay, x, y, sigma=sigma, sample_weight=w, **kw)
+    sig_repeated = fit_curve(decay, np.repeat(x, w), np.repeat(y, w),
+                             sigma=np.repeat(sigma, w), **kw)
+    assert len(calls) == 5
+    assert _rel(sig_weighted.params, sig_repeated.params) < 1e-8
+    assert _rel(sig_weighted.cost, sig_repeated.cost) < 1e-8
+    assert _rel(sig_weighted.params, sig_in_memory.params) < 1e-8
+
+
+@pytest.mark.parametrize("loss", ROBUST)
+def test_streaming_fit_robust_sample_weight_is_repetition(loss):
+    """StreamingCurveFitRegressor.fit with a robust loss, from arrays and
+    from a chunk source with a sample_weight column: integer weights equal
+    repeated rows, zero weights removed rows."""
+    x, y, w = _robust_data()
+    X = x[:, None]
+    kw = dict(_robust_kw(loss), chunk_size=16)
+    weighted = StreamingCurveFitRegressor(decay, **kw).fit(X, y, sample_weight=w)
+    repeated = StreamingCurveFitRegressor(decay, **kw).fit(np.repeat(X, w, axis=0),
+                                                           np.repeat(y, w))
+    _same_fit_as_repeated(weighted, repeated, w)
+    assert weighted.n_points_ == np.count_nonzero(w)
+    keep = w > 0
+    removed = StreamingCurveFitRegressor(decay, **kw).fit(X[keep], y[keep],
+                                                          sample_weight=w[keep])
+    assert _rel(weighted.params_, removed.params_) < 1e-8
+    np.testing.assert_allclose(weighted.pcov_, removed.pcov_, rtol=1e-6)
+
+    def chunks():
+        for i in range(0, y.size, 25):
+            yield X[i:i + 25], y[i:i + 25], w[i:i + 25].astype(float)
+
+    source = StreamingCurveFitRegressor(decay, **kw).fit(IterableSource(chunks))
+    _same_fit_as_repeated(source, repeated, w)
+    in_memory = CurveFitRegressor(decay, **_robust_kw(loss)).fit(X, y, sample_weight=w)
+    assert _rel(weighted.params_, in_memory.params_) < 1e-8
+
+
+@pytest.mark.parametrize("loss", ROBUST)
+def test_partial_fit_robust_sample_weight_is_repetition(loss):
+    """A sequence of partial_fit calls with a robust loss: integer weights
+    equal the same sequence on the chunks' rows repeated, zero weights the
+    rows removed."""
+    x, y, w = _robust_data(m=90)
+    X = x[:, None]
+    kw = _robust_kw(loss)
+    weighted = StreamingCurveFitRegressor(decay, **kw)
+    repeated = StreamingCurveFitRegressor(decay, **kw)
+    removed = StreamingCurveFitRegressor(decay, **kw)
+    for i in range(0, y.size, 30):
+        part = slice(i, i + 30)
+        wi = w[part]
+        weighted.partial_fit(X[part], y[part], sample_weight=wi)
+        repeated.partial_fit(np.repeat(X[part], wi, axis=0), np.repeat(y[part], wi))
+        keep = wi > 0
+        removed.partial_fit(X[part][keep], y[part][keep], sample_weight=wi[keep])
+        _same_fit_as_repeated(weighted, repeated, w[:i + 30])
+        assert _rel(weighted.params_, removed.params_) < 1e-8
+        np.testing.assert_allclose(weighted.pcov_, removed.pcov_, rtol=1e-6)
+
+
+def _plane(x, a, b, c):
+    return a + b * x[0] + c * x[1]
+
+
+@pytest.mark.parametrize("loss", ROBUST)
+def test_sklearn_sample_weight_equivalence_check_with_robust_losses(loss):
+    """scikit-learn's own check (weights vs repeated rows, zero weights vs
+    removed rows) for StreamingCurveFitRegressor with a robust loss and a
+    model of three parameters."""
+    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
+
+    est = StreamingCurveFitRegressor(_plane, p0=[0.0, 0.0, 0.0], loss=loss, method="trf",
+                                     **TIGHT)
+    check_sample_weight_equivalence_on_dense_data("StreamingCurveFitRegressor", est)

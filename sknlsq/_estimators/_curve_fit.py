@@ -141,13 +141,14 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         Parameter names from the model's signature.
     pcov_ : ndarray of shape (n_params, n_params) or (n_targets, n_params, n_params)
         Estimated covariance of ``params_`` (scaled by the reduced
-        chi-square; inf where it cannot be estimated).
+        chi-square ``2 * cost_ / (m - n_params)``, ``m`` the number of samples
+        of non-zero weight; inf where it cannot be estimated).
     perr_ : ndarray
         One-standard-deviation errors, ``sqrt(diag(pcov_))``.
     cost_ : float or ndarray of shape (n_targets,)
-        Final value of the objective ``0.5 * sum(f_scale**2 * rho(w * r**2 /
-        f_scale**2))`` (``0.5 * sum(w * r**2)`` for the linear loss): weights
-        enter the robust loss as ``1 / sigma**2`` does in scipy.
+        Final value of the objective ``0.5 * sum(w * f_scale**2 * rho(r**2 /
+        f_scale**2))`` (``0.5 * sum(w * r**2)`` for the linear loss), ``w``
+        the sample weights: each point's loss counted ``w`` times.
     n_iter_ : int or ndarray
         Number of accepted iterations.
     nfev_ : int or ndarray
@@ -173,8 +174,18 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     column whose fit fails gets NaN parameters and its status, with one
     summarising :class:`~sklearn.exceptions.ConvergenceWarning`.
 
-    ``sample_weight`` multiplies the squared residuals, so it is equivalent to
-    scipy's ``sigma = 1 / sqrt(sample_weight)``.
+    ``sample_weight`` is a frequency weight, for every loss: an integer
+    weight ``k`` gives the fit of the sample repeated ``k`` times, and a zero
+    weight leaves it out. It multiplies each point's loss: with the linear
+    loss that is the squared residual, so it is scipy's ``sigma = 1 /
+    sqrt(sample_weight)``; with a robust loss it is ``w * f_scale**2 *
+    rho(r**2 / f_scale**2)``, whereas scipy's ``sigma`` would act inside
+    ``rho`` (``f_scale**2 * rho(w * r**2 / f_scale**2)``), moving the point
+    towards the outlier side instead of counting it more. The covariance
+    ``pcov_`` takes the number of samples of non-zero weight, not the sum of
+    the weights, as the number of points in its degrees of freedom: it
+    equals that of the fit on repeated rows times ``(m_repeated - n_params)
+    / (m_nonzero - n_params)``.
 
     The estimator holds ``model`` by reference, so it pickles (with
     :mod:`pickle` or :func:`joblib.dump`) only when ``model`` is a module-level
@@ -251,9 +262,12 @@ class CurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             ``predict`` then returns one column per target.
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_targets), \
 default=None
-            Non-negative weights of the squared residuals; with a 2-D ``y``
-            they may differ per column (a zero leaves the point out of that
-            column's fit only).
+            Non-negative frequency weights: each point's loss (its squared
+            residual for the linear loss, ``f_scale**2 * rho(r**2 /
+            f_scale**2)`` for a robust one) counts ``sample_weight`` times, so
+            an integer weight ``k`` equals the row repeated ``k`` times. With
+            a 2-D ``y`` they may differ per column (a zero leaves the point
+            out of that column's fit only).
 
         Returns
         -------

@@ -20,7 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (check_array, check_consistent_length,
                                       check_is_fitted, column_or_1d, validate_data)
 
-from .._fit import _bucket
+from .._fit import _bucket, point_scale_key
 from .._pool import MemoryPool
 from .._sources import ArraySource, ChunkSource, IterableSource, _is_h5py_dataset, as_source
 from .._stream import (OnlineState, _check_checkpoint_path, _settings_check,
@@ -117,7 +117,8 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     perr_ : ndarray of shape (n_params,)
         ``sqrt(diag(pcov_))``.
     cost_ : float
-        ``0.5 * sum(w * rho(r**2))`` at ``params_`` (``fit``).
+        ``0.5 * sum(w * f_scale**2 * rho(r**2 / f_scale**2))`` at
+        ``params_`` (``fit``; ``w`` the sample weights).
     n_iter_ : int
         Accepted solver iterations of ``fit``; number of chunks seen by
         ``partial_fit``.
@@ -150,8 +151,13 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     of the curve) it stays finite but can be far from it. ``fit`` gives the
     exact answer.
 
-    ``sample_weight`` multiplies the squared residuals (scipy's
-    ``sigma = 1 / sqrt(sample_weight)``).
+    ``sample_weight`` is a frequency weight, for every loss: each point's
+    loss (its squared residual for the linear loss, scipy's ``sigma = 1 /
+    sqrt(sample_weight)``; ``f_scale**2 * rho(r**2 / f_scale**2)`` for a
+    robust one) counts ``sample_weight`` times, so an integer weight ``k``
+    equals the row repeated ``k`` times and a zero leaves it out. The
+    covariance counts the points of non-zero weight, not the sum of the
+    weights, in its degrees of freedom.
 
     Examples
     --------
@@ -240,9 +246,11 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         y : array-like of shape (n_samples,), default=None
             Targets, when ``X`` is an array.
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the squared residuals (arrays only).
-            With ``nan_policy='omit'`` rows with a non-finite weight are
-            left out, as rows with non-finite ``X`` or ``y``.
+            Non-negative frequency weights of the points' losses (arrays
+            only; a weight ``k`` equals the row repeated ``k`` times, for
+            robust losses too). With ``nan_policy='omit'`` rows with a
+            non-finite weight are left out, as rows with non-finite ``X`` or
+            ``y``.
 
         Returns
         -------
@@ -381,7 +389,9 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             The chunk's targets.
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the squared residuals.
+            Non-negative frequency weights of the points' losses (a weight
+            ``k`` equals the row repeated ``k`` times, for robust losses
+            too).
 
         Returns
         -------
@@ -402,6 +412,9 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         nf = X.shape[1]
         model, p0 = self._model_and_p0(nf)
         st = self._solver_settings(model, p0, nf)
+        # With a robust loss, sqrt(sample_weight) scales f_scale per point:
+        # weights are frequencies (``w`` is what online_update scales by).
+        st["point_scale"] = point_scale_key(st["loss"], sw is not None)
         state = getattr(self, "_online", None) if not first_call else None
         max_nfev = st["opts"].max_nfev
         new, status, nfev = online_update(model, state, _xdata(X), y, w, p0=st["p0"], st=st,

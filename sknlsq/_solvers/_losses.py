@@ -12,6 +12,21 @@ The loss a compiled program sees is ``"linear"`` or ``"robust"``
 ``(f_scale, loss_id)``, so that a sweep over losses (a grid search, a user
 trying one after another) compiles once. Under ``jax.vmap`` with an unbatched
 id the selection stays a branch.
+
+Sample weights as frequencies. Both functions take optional per-point
+multipliers ``s`` of ``f_scale``: point ``i`` then has the loss scale
+``C_i = f_scale * s_i``. With ``s_i = sqrt(w_i)`` and the residual already
+multiplied by ``sqrt(w_i)`` (as the problems do with a sample weight ``w``),
+
+    C_i**2 rho((sqrt(w_i) r_i)**2 / C_i**2) = w_i * f_scale**2 rho(r_i**2 / f_scale**2),
+
+so weight ``k`` is exactly the point repeated ``k`` times, in the cost and in
+the rescaled ``J`` and ``f`` of the Gauss-Newton model (``rho`` sees the same
+argument, and the rescaled rows carry a factor ``sqrt(w_i)``: their
+contribution to ``J^T J`` and ``J^T f`` is ``w_i`` times that of one copy).
+Where ``s_i == 0`` the residual and Jacobian row are zero too; the scale is
+then ``f_scale`` (no 0/0), ``rho(0) = 0`` and the rows stay zero. Without
+``s`` (``None``) nothing is added to the computation.
 """
 
 from __future__ import annotations
@@ -68,25 +83,43 @@ def _rho(loss, z, lid=None):
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def loss_cost(loss, f, f_scale):
-    """The objective ``0.5 * sum(rho(f**2))`` (``0.5 * ||f||^2`` for linear).
-    ``f_scale``: a scalar, or ``(f_scale, loss_id)`` (required for "robust")."""
+def _scale(f_scale, s):
+    """The loss scale: ``f_scale``, or per point ``f_scale * s`` (``f_scale``
+    where ``s == 0``, whose residuals are zero: see the module docstring)."""
+    if s is None:
+        return f_scale
+    return f_scale * jnp.where(s > 0, s, 1.0)
+
+
+def loss_cost(loss, f, f_scale, s=None):
+    """The objective ``0.5 * sum(C**2 rho(f**2 / C**2))`` (``0.5 * ||f||^2``
+    for linear), ``C = f_scale`` or ``f_scale * s`` per point.
+    ``f_scale``: a scalar, or ``(f_scale, loss_id)`` (required for "robust");
+    ``s``: per-point multipliers of ``f_scale`` (square roots of sample
+    weights), or None."""
     f_scale, lid = _split(f_scale)
     if loss == "linear":
         return 0.5 * jnp.dot(f, f)
-    rho0, _, _ = _rho(loss, (f / f_scale) ** 2, lid)
-    return 0.5 * f_scale ** 2 * jnp.sum(rho0)
+    C = _scale(f_scale, s)
+    rho0, _, _ = _rho(loss, (f / C) ** 2, lid)
+    if s is None:
+        return 0.5 * f_scale ** 2 * jnp.sum(rho0)
+    return 0.5 * jnp.sum(C ** 2 * rho0)
 
 
-def scale_for_loss(loss, J, f, f_scale):
+def scale_for_loss(loss, J, f, f_scale, s=None):
     """Return ``(cost, J_scaled, f_scaled)`` for the robust Gauss-Newton model
-    (``f_scale`` as in :func:`loss_cost`)."""
+    (``f_scale`` and ``s`` as in :func:`loss_cost`)."""
     f_scale, lid = _split(f_scale)
     if loss == "linear":
         return 0.5 * jnp.dot(f, f), J, f
-    rho0, rho1, rho2 = _rho(loss, (f / f_scale) ** 2, lid)
-    cost = 0.5 * f_scale ** 2 * jnp.sum(rho0)
-    rho2 = rho2 / f_scale ** 2
+    C = _scale(f_scale, s)
+    rho0, rho1, rho2 = _rho(loss, (f / C) ** 2, lid)
+    if s is None:
+        cost = 0.5 * f_scale ** 2 * jnp.sum(rho0)
+    else:
+        cost = 0.5 * jnp.sum(C ** 2 * rho0)
+    rho2 = rho2 / C ** 2
     J_scale = rho1 + 2.0 * rho2 * f ** 2
     J_scale = jnp.sqrt(jnp.where(J_scale < EPS, EPS, J_scale))
     return cost, J * J_scale[:, None], f * (rho1 / J_scale)

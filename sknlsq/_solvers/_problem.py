@@ -4,7 +4,13 @@ A :class:`Problem` bundles two pure functions of ``(x, data)``: the residual
 vector ``f`` and the pair ``(f, J)``. ``data`` is any pytree of arrays (the
 observations, weights, masks...), passed as a *traced* argument so that one
 compiled program serves every dataset of the same shape. The robust ``loss``
-is part of the problem because it changes the objective.
+is part of the problem because it changes the objective, and so is
+``point_scale``, the name of the data entry (of each chunk, for a chunked
+problem) holding per-point multipliers of the robust loss's ``f_scale``: the
+square roots of sample weights, which makes a weight the number of copies of
+a point for a robust loss too (see ``_losses``). It is None (one
+``f_scale``) for the linear loss and for unweighted data, whose programs are
+unchanged.
 
 :func:`linearize` evaluates ``(f, J)``, applies the robust-loss rescaling and
 reduces the result to the n x n quantities every solver works on (see
@@ -83,6 +89,9 @@ class Problem(NamedTuple):
     # True where the solve runs under ``jax.vmap`` (batched fits): the n x n
     # SVDs then use the unrolled kernel of ``_smallla`` (up to n = 6).
     batched: bool = False
+    # Key of ``data`` with per-point multipliers of ``f_scale`` (robust
+    # losses with sample weights), or None.
+    point_scale: str | None = None
 
 
 class ChunkedProblem(NamedTuple):
@@ -100,6 +109,8 @@ class ChunkedProblem(NamedTuple):
     fun_jac: Callable[[Any, Any], Any]
     read: Callable[[Any, Any], Any]
     loss: str = "linear"
+    # Key of each chunk with per-point multipliers of ``f_scale``, or None.
+    point_scale: str | None = None
 
 
 class Linearization(NamedTuple):
@@ -117,6 +128,13 @@ def loss_scale(opts):
     :func:`trial_cost` take as ``f_scale`` (the robust losses share one
     compiled program and choose their ``rho`` by ``loss_id`` at run time)."""
     return opts.f_scale, opts.loss_id
+
+
+def _point_scale(problem, data):
+    """Per-point multipliers of ``f_scale`` from ``data`` (one chunk for a
+    chunked problem), or None."""
+    key = getattr(problem, "point_scale", None)
+    return None if key is None else data[key]
 
 
 def svd_options(problem) -> dict:
@@ -139,7 +157,7 @@ def linearize(problem, x, data, f_scale, hint=None) -> Linearization:
             return _linearize_chunked(problem, x, data, f_scale)
         return _linearize_chunked_gram(problem, x, data, f_scale, hint)
     f, J = problem.fun_jac(x, data)
-    cost, Js, fs = scale_for_loss(problem.loss, J, f, f_scale)
+    cost, Js, fs = scale_for_loss(problem.loss, J, f, f_scale, _point_scale(problem, data))
     if problem.prior:
         Rp, rp = _prior(x, data)
         Js = jnp.concatenate([Js, Rp], axis=0)
@@ -245,7 +263,7 @@ def trial_cost(problem, x, data, f_scale):
         return _trial_cost_chunked(problem, x, data, f_scale)
     f = problem.fun(x, data)
     finite = jnp.all(jnp.isfinite(f))
-    cost = loss_cost(problem.loss, f, f_scale)
+    cost = loss_cost(problem.loss, f, f_scale, _point_scale(problem, data))
     if problem.prior:
         _, rp = _prior(x, data)
         cost = cost + 0.5 * jnp.dot(rp, rp)
@@ -283,7 +301,7 @@ def _linearize_chunked(problem, x, data, f_scale):
     def update(acc, chunk):
         Ra, cost, finite = acc
         f, J = problem.fun_jac(x, chunk)
-        c, Js, fs = scale_for_loss(problem.loss, J, f, f_scale)
+        c, Js, fs = scale_for_loss(problem.loss, J, f, f_scale, _point_scale(problem, chunk))
         A = jnp.concatenate([Ra, jnp.concatenate([Js, fs[:, None]], axis=1)], axis=0)
         Ra = jnp.linalg.qr(A, mode="r")[: n + 1]
         return Ra, cost + c, finite & jnp.all(jnp.isfinite(f))
@@ -312,7 +330,7 @@ def _linearize_chunked_gram(problem, x, data, f_scale, hint):
         def upd(acc, chunk):
             Gu, h, cost, finite = acc
             f, J = problem.fun_jac(x, chunk)
-            c, Js, fs = scale_for_loss(problem.loss, J, f, f_scale)
+            c, Js, fs = scale_for_loss(problem.loss, J, f, f_scale, _point_scale(problem, chunk))
             Gu, h = _gram_update(Gu, h, Js, fs, P)
             return Gu, h, cost + c, finite & jnp.all(jnp.isfinite(f))
         return upd
@@ -349,7 +367,8 @@ def _trial_cost_chunked(problem, x, data, f_scale):
     def update(acc, chunk):
         cost, finite = acc
         f = problem.fun(x, chunk)
-        return cost + loss_cost(problem.loss, f, f_scale), finite & jnp.all(jnp.isfinite(f))
+        c = loss_cost(problem.loss, f, f_scale, _point_scale(problem, chunk))
+        return cost + c, finite & jnp.all(jnp.isfinite(f))
 
     cost, finite = _over_chunks(problem, data, (jnp.zeros((), x.dtype), jnp.asarray(True)),
                                 update)

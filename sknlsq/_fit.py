@@ -63,36 +63,72 @@ _ROW_CHECKS: dict = {}
 _ROW_CHECK_ROWS = 16
 
 
+def _distinct_rows(x, axis, limit):
+    """Indices of up to ``limit`` pairwise distinct rows of ``x`` (along the
+    sample ``axis``), spread over the data, interleaved (alternately from
+    the front and the back of the data) so that any half of them differs
+    from the other half in mean, spread and order."""
+    m = x.shape[axis]
+    cand = np.unique(np.linspace(0, m - 1, min(m, 512)).astype(np.int64))
+    flat = np.moveaxis(np.take(x, cand, axis=axis), axis, 0).reshape(cand.size, -1)
+    _, first = np.unique(flat, axis=0, return_index=True)
+    distinct = cand[np.sort(first)]
+    pick = distinct[np.unique(np.linspace(0, distinct.size - 1,
+                                          min(limit, distinct.size)).astype(np.int64))]
+    order = np.empty_like(pick)
+    order[0::2] = pick[: (pick.size + 1) // 2]
+    order[1::2] = pick[(pick.size + 1) // 2:][::-1]
+    return order
+
+
 def _rows_independent(f, host, x, axis, p0):
     """Whether row i of ``f(x, *p0)`` depends on row i of ``x`` only (along the
     sample ``axis``), so that padding the data with extra rows leaves the
-    values at the real rows, and so the fit, unchanged. Checked once per model
-    and layout on rows of ``x``: 16 rows evaluated together must give what
-    their two halves give apart (fails for models that use the data as a
-    whole: ``x - mean(x)``, ``x / len(x)``, cumulative sums), and the last 8
-    rows must give the same values with 8 copies of the last row appended, as
-    padding appends them (fails for models using neighbouring rows, such as
-    ``np.gradient(x)``). A model that fails to evaluate on so few rows counts
-    as dependent (the fit then runs at its exact shape). The same property
-    makes evaluation in chunks exact: the large-data path asks it too."""
+    values at the real rows, and so the fit, unchanged. The same property
+    makes evaluation in chunks exact: the large-data path asks it too.
+
+    Tested on up to 16 pairwise distinct rows of ``x`` spread over the data
+    and interleaved: evaluated together they must give what their two halves
+    give apart and, reversed, the reversed values (fails for models that use
+    the data as a whole: ``x - mean(x)``, ``x / len(x)``, cumulative sums,
+    or neighbouring rows: ``np.gradient(x)``), and the same values with 8
+    copies of the last row appended; the last 8 rows of the data must also
+    keep their values with 8 copies of the last row appended, as padding
+    appends them. Data with fewer than 4 distinct rows cannot show a
+    dependence on other rows (a model centring ``x`` on its mean passes any
+    test on equal rows): they get False (no padding, no chunks) and no
+    cached verdict. A verdict from distinct rows is cached per model and
+    layout. A model that fails to evaluate on so few rows counts as
+    dependent (the fit then runs at its exact shape)."""
     shape = np.shape(x)
     key = (_model._hashable(f), host, axis, shape[:axis] + shape[axis + 1:])
     verdict = _ROW_CHECKS.get(key)
     if verdict is not None:
         return verdict
     x = np.asarray(x, dtype=np.float64)
-    k = _ROW_CHECK_ROWS // 2
     m = x.shape[axis]
+    order = _distinct_rows(x, axis, _ROW_CHECK_ROWS)
+    if order.size < 4:
+        return False
 
     def rows(a, idx):
         return np.take(a, idx, axis=axis)
 
-    xs = rows(x, np.minimum(np.arange(2 * k), m - 1))
-    tail = rows(x, np.arange(max(0, m - k), m))
+    k = order.size // 2
+    xs = rows(x, order[: 2 * k])
+    e = _ROW_CHECK_ROWS // 2
+    tail = rows(x, np.arange(max(0, m - e), m))
     t = tail.shape[axis]
     parts = (xs, rows(xs, np.arange(k)), rows(xs, np.arange(k, 2 * k)),
-             tail, rows(tail, np.minimum(np.arange(t + k), t - 1)))
+             rows(xs, np.arange(2 * k)[::-1]), rows(xs, np.minimum(np.arange(2 * k + e),
+                                                                  2 * k - 1)),
+             tail, rows(tail, np.minimum(np.arange(t + e), t - 1)))
     p = np.asarray(p0, dtype=np.float64)
+
+    def same(a, b):
+        return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-12, atol=0,
+                                                       equal_nan=True))
+
     try:
         with x64():
             if host:
@@ -103,14 +139,13 @@ def _rows_independent(f, host, x, axis, p0):
                     return tuple(jnp.asarray(f(v, *qs), jnp.float64) for v in parts)
 
                 outs = jax.jit(evaluate)(parts, p)
-            both, first, second, short, padded = (np.asarray(o, dtype=np.float64).reshape(-1)
-                                                  for o in outs)
-        verdict = (both.shape == (2 * k,) and first.shape == second.shape == (k,)
-                   and short.shape == (t,) and padded.shape == (t + k,)
-                   and bool(np.allclose(both, np.concatenate([first, second]), rtol=1e-12,
-                                        atol=0, equal_nan=True))
-                   and bool(np.allclose(short, padded[:t], rtol=1e-12, atol=0,
-                                        equal_nan=True)))
+            both, first, second, rev, padded, short, tail_padded = (
+                np.asarray(o, dtype=np.float64).reshape(-1) for o in outs)
+        verdict = (both.shape == (2 * k,) and short.shape == (t,)
+                   and same(both, np.concatenate([first, second]))
+                   and same(rev, both[::-1])
+                   and padded.shape == (2 * k + e,) and same(padded[:2 * k], both)
+                   and tail_padded.shape == (t + e,) and same(tail_padded[:t], short))
     except Exception:  # noqa: BLE001 - cannot tell: do not pad
         verdict = False
     if len(_ROW_CHECKS) > 1024:

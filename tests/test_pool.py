@@ -72,6 +72,30 @@ def test_models_using_the_whole_data_are_not_padded(model):
         np.testing.assert_allclose(batched[0], ref, rtol=1e-7)
 
 
+def test_whole_data_model_on_replicated_x_is_not_padded():
+    """A design with replicated x levels (5 levels x 20 replicates): the first
+    16 and the last 8 rows are equal, which made a model centring x on its
+    mean look row-independent; the padded fit saw another mean. The verdict
+    was then cached for the model, so its later fits of ordinary data were
+    padded too. Both must give scipy's answer."""
+    from scipy.optimize import curve_fit as scipy_curve_fit
+
+    def centred(x, a, b):
+        return a * (x - x.mean()) + b
+
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.arange(5.0), 20)
+    y = 1.5 * (x - x.mean()) + 3.0 + 0.1 * rng.standard_normal(x.size)
+    x2 = np.linspace(0.0, 10.0, 30)
+    y2 = 1.5 * (x2 - x2.mean()) + 3.0 + 0.1 * rng.standard_normal(x2.size)
+    for xx, yy in ((x, y), (x2, y2), (np.ones(50), np.full(50, 2.0))):
+        ref = scipy_curve_fit(centred, xx, yy, p0=[1, 1])[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (constant x: covariance not estimated)
+            np.testing.assert_allclose(curve_fit(centred, xx, yy, p0=[1, 1])[0], ref,
+                                       rtol=1e-7, atol=1e-12)
+
+
 def test_robust_losses_share_one_program_and_keep_their_answers():
     """soft_l1, huber, cauchy and arctan run one compiled program (the loss is
     chosen at run time, like f_scale); each gives scipy's answer, in a single

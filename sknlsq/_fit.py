@@ -532,6 +532,15 @@ def _pad_along(a, axis, size, mode="edge"):
 # --------------------------------------------------------------------------
 
 
+def _output_shape_error(out, target):
+    msg = (f"model `f` returned an array of shape {tuple(out)}; expected shape "
+           f"{tuple(target)} matching `ydata`.")
+    if len(target) > 1:
+        msg += (" A 2-D `ydata` is compared with a model output of the same shape; to fit "
+                "each row of `ydata` as a curve of its own, pass `batch=True`.")
+    return ValueError(msg)
+
+
 def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, rel_step,
           col_deriv, p0, lb, ub, axis, stacklevel=2):
     """Choose how to evaluate the model and whether padding can be used.
@@ -540,6 +549,11 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
     caller of ``fit_curve`` / ``fit_curves`` (for the fallback warning).
     """
     def shape_ok(out, target):
+        if len(target) > 1:
+            # A 2-D ydata is compared with an output of its own shape (scipy
+            # refuses 2-D residuals altogether); broadcasting one curve to
+            # every row would fit them jointly, which is batch=True's job.
+            return tuple(out) == tuple(target)
         try:
             return np.broadcast_shapes(tuple(out), target) == tuple(target)
         except ValueError:
@@ -583,8 +597,7 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
                                         jac_mode=jac_mode, col_deriv=col_deriv,
                                         out_shape=target), padded
             if out is not None:
-                trace_exc = ValueError(f"model `f` returned an array of shape {tuple(out)}; "
-                                       f"expected shape {tuple(target)} matching `ydata`.")
+                trace_exc = _output_shape_error(out, target)
             elif trace_exc is None or padded is False:
                 trace_exc = exc if trace_exc is None else trace_exc
     else:
@@ -604,8 +617,7 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
             host_exc = exc
             continue
         if not shape_ok(out.shape, target):
-            host_exc = ValueError(f"model `f` returned an array of shape {out.shape}; "
-                                  f"expected shape {tuple(target)} matching `ydata`.")
+            host_exc = _output_shape_error(out.shape, target)
             continue
         if isinstance(trace_exc, ValueError) and "returned an array of shape" in str(trace_exc):
             raise trace_exc
@@ -696,6 +708,12 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         check_finite = nan_policy is None
     ydata = _as_float_array(ydata, "ydata", check_finite)
     x_is_array = isinstance(xdata, (list, tuple, np.ndarray)) or hasattr(xdata, "__array__")
+    # scipy converts only lists, tuples and arrays and hands anything else to
+    # the model untouched. Other objects with __array__ (pandas) are
+    # converted here, which lets a JAX model trace them; where the model
+    # cannot evaluate the converted array (it reads columns by name) the
+    # original object is used as scipy would (see the plan below).
+    x_object = None if isinstance(xdata, (list, tuple, np.ndarray)) else xdata
     if x_is_array:
         xdata = _as_float_array(xdata, "xdata", check_finite)
     if ydata.size == 0:
@@ -741,9 +759,10 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                 raise ValueError("`ydata` must not be empty after omitting NaNs!")
 
     m = ydata.size
-    if x_is_array and ydata.ndim == 1 and xdata.ndim >= 1 and _sample_axis(xdata, m) is None:
-        raise ValueError(f"`xdata` and `ydata` have inconsistent lengths: xdata has shape "
-                         f"{xdata.shape}, ydata has {m} points.")
+    # An xdata with no axis of length M (a meshgrid pair (2, H, W) for an
+    # image raveled into ydata, a grid the model expands) is scipy's too: the
+    # fit then runs at the exact shape (no padding, no chunks), and a model
+    # whose output does not match ydata gets the shape error.
     # scipy: only 'lm' (MINPACK) needs M >= N; trf and dogbox solve
     # underdetermined problems (the covariance is then inf).
     if method == "lm" and n > m:
@@ -820,9 +839,23 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         axis = None
 
     with x64():
-        plan, padded = _plan(model, xdata, x_is_array, n, m, m_pad, (m_pad,), ydata.shape,
-                             jac_callable, fd_scheme, rel_step, col_deriv, p0, lb, ub, axis,
-                             stacklevel)
+        try:
+            plan, padded = _plan(model, xdata, x_is_array, n, m, m_pad, (m_pad,), ydata.shape,
+                                 jac_callable, fd_scheme, rel_step, col_deriv, p0, lb, ub, axis,
+                                 stacklevel)
+        except Exception:
+            if x_object is None or not x_is_array:
+                raise
+            fallback = None
+            try:  # the object itself, as scipy passes it (a NumPy model)
+                fallback = _plan(model, x_object, False, n, m, m, (m,), ydata.shape,
+                                 jac_callable, fd_scheme, rel_step, col_deriv, p0, lb, ub,
+                                 None, stacklevel)
+            except Exception:  # noqa: BLE001 - the error on the array is the one to show
+                pass
+            if fallback is None:
+                raise
+            (plan, padded), xdata, x_is_array, axis, m_pad = fallback, x_object, False, None, m
         if not padded:
             m_pad = m
         opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol),

@@ -677,3 +677,73 @@ def test_2d_ydata_with_1d_xdata(m):
     want, wcov = scipy_curve_fit(lambda t, a, b: a * t + b, x, y.ravel(), p0=[1.0, 1.0])
     np.testing.assert_allclose(got, want, rtol=1e-7)
     np.testing.assert_allclose(gcov, wcov, rtol=1e-5)
+
+
+def test_xdata_without_a_sample_axis_fits_like_scipy():
+    """scipy places no constraint on xdata's shape: the documented image fit
+    passes a meshgrid pair (2, H, W) with the image raveled into ydata. It was
+    refused as 'inconsistent lengths'."""
+    H, W = 12, 15
+    X, Y = np.meshgrid(np.linspace(-3, 3, W), np.linspace(-2, 2, H))
+
+    def gauss(xy, A, x0, y0, s):
+        x, y = xy
+        return (A * jnp.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * s ** 2))).ravel()
+
+    def gauss_np(xy, A, x0, y0, s):
+        x, y = xy
+        return (A * np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * s ** 2))).ravel()
+
+    rng = np.random.default_rng(0)
+    img = gauss_np((X, Y), 3.0, 0.5, -0.3, 0.8) + 0.01 * rng.standard_normal(H * W)
+    ref = scipy_curve_fit(gauss_np, (X, Y), img, p0=[1, 0, 0, 1], ftol=1e-14, xtol=1e-14,
+                          gtol=1e-14)[0]
+    np.testing.assert_allclose(curve_fit(gauss, (X, Y), img, p0=[1, 0, 0, 1])[0], ref,
+                               rtol=1e-7)
+    # Lengths that really disagree still get a clear error.
+    with pytest.raises(ValueError, match="shape"):
+        curve_fit(lambda x, a, b: a * x + b, np.arange(50.0), np.arange(40.0))
+
+
+def test_2d_ydata_needs_a_model_output_of_its_shape():
+    """A model returning one curve for a 2-D ydata was broadcast to every row
+    and fitted jointly (one parameter vector for the average curve); scipy
+    raises (its residual would be 2-D). sknlsq raises and names batch=True."""
+    x = np.linspace(0, 1, 10)
+    Y = np.stack([2 * x + 1, 3 * x - 1])
+    for method in (None, "trf"):
+        with pytest.raises(ValueError, match="batch=True"):
+            curve_fit(lambda x, a, b: a * x + b, x, Y, method=method)
+    popt = curve_fit(lambda x, a, b: a * x + b, x, Y, batch=True)[0]
+    np.testing.assert_allclose(popt, [[2, 1], [3, -1]], atol=1e-10)
+
+
+def test_xdata_object_the_model_reads_by_name_is_passed_untouched():
+    """scipy converts only lists, tuples and arrays; other objects reach the
+    model as they are. sknlsq converts objects with __array__ (so that a JAX
+    model can trace a pandas Series), but a model that cannot use the array
+    (it reads columns by name) gets the object itself, like in scipy."""
+    class Table:
+        def __init__(self, **cols):
+            self.cols = cols
+
+        def __getitem__(self, k):
+            return self.cols[k]
+
+        def __array__(self, dtype=None, copy=None):
+            return np.stack(list(self.cols.values()), axis=1).astype(dtype or float)
+
+        def __len__(self):
+            return len(next(iter(self.cols.values())))
+
+    t = np.linspace(0, 4, 30)
+    X = Table(t=t, T=20 + 5 * np.sin(t))
+    y = 2.0 * np.exp(-0.5 * t) + 0.01 * X["T"]
+
+    def model(X, a, b, c):
+        return a * np.exp(-b * X["t"]) + c * X["T"]
+
+    ref = scipy_curve_fit(model, X, y, ftol=1e-14, xtol=1e-14, gtol=1e-14)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the host-path notice for a NumPy model
+        np.testing.assert_allclose(curve_fit(model, X, y)[0], ref, rtol=1e-7)

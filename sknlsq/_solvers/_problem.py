@@ -49,10 +49,9 @@ the new preconditioner, which is shifted CholeskyQR3: at most
 ``GRAM_PASSES`` passes reach the accuracy of Householder QR for any
 Jacobian of full numerical rank, so accuracy never depends on the hint (on
 a badly conditioned test problem it was 300 times closer to an exact
-reference than the Householder pass). A rank-deficient Jacobian ends in an
-eigen-decomposition of the last Gram matrix. Repeating one pass, rather than
-falling back to the Householder pass, keeps a single copy of the model's
-Jacobian in the loop's program.
+reference than the Householder pass). A rank-deficient Jacobian (the Gram
+matrix still singular after a shifted pass), or passes that run out, are
+linearised by the Householder pass.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ from ._losses import loss_cost, scale_for_loss
 GRAM_KAPPA_MAX = 1e3
 # Most Gram passes of one linearisation (shifted CholeskyQR3 needs three for
 # a Jacobian of full numerical rank and a useless preconditioner).
-GRAM_PASSES = 4
+GRAM_PASSES = 3
 
 
 class Problem(NamedTuple):
@@ -220,7 +219,8 @@ def _gram_finish(G, h, P, m):
     positive definite the *shifted* factor ``chol(G + s I)^T P`` with Fukaya
     et al.'s shift ``s = 11 (m n + n (n + 1)) u ||B||^2`` (shifted
     CholeskyQR3): each pass makes ``B`` better conditioned, so that a few
-    passes reach ``ok`` for any Jacobian of full numerical rank."""
+    passes reach ``ok`` for any Jacobian of full numerical rank. The last
+    value says whether ``G`` was numerically positive definite."""
     n = P.shape[0]
     dtype = P.dtype
     eye = jnp.eye(n, dtype=dtype)
@@ -231,25 +231,9 @@ def _gram_finish(G, h, P, m):
     ok = ~inputs_ok | (jnp.isfinite(kappa) & (kappa <= GRAM_KAPPA_MAX))
     shift = 11.0 * (m * n + n * (n + 1)) * jnp.finfo(dtype).eps * jnp.trace(G)
     Ls = jnp.linalg.cholesky(G + shift * eye)
-    L_next = jnp.where(jnp.all(jnp.isfinite(L)), L, Ls)
-    return ok, L.T @ P, Linv @ h, P.T @ h, L_next.T @ P
-
-
-def _gram_rank_deficient(G, h, P):
-    """``(R, qtf)`` where no pass reached an accurate Cholesky factor: the
-    Jacobian is numerically rank deficient. ``G`` comes from the last
-    (best preconditioned) pass, so its well-determined directions are
-    accurate; the eigenvalues below ``n u max(eig)`` are set to zero, giving
-    ``R`` exactly singular there (as Householder QR would, up to rounding)
-    and an infinite covariance for the undetermined combinations. ``R`` is
-    made triangular again (the next pass uses it as preconditioner)."""
-    n = P.shape[0]
-    lam, V = jnp.linalg.eigh(G)
-    keep = lam > n * jnp.finfo(G.dtype).eps * jnp.max(lam)
-    sq = jnp.where(keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
-    Q, R = jnp.linalg.qr(sq[:, None] * V.T @ P)
-    coef = jnp.where(keep, (V.T @ h) / jnp.where(keep, sq, 1.0), 0.0)
-    return R, Q.T @ coef
+    definite = jnp.all(jnp.isfinite(L))
+    L_next = jnp.where(definite, L, Ls)
+    return ok, L.T @ P, Linv @ h, P.T @ h, L_next.T @ P, definite
 
 
 def _prior(x, data):
@@ -317,11 +301,12 @@ def _linearize_chunked_gram(problem, x, data, f_scale, hint):
     """Linearisation by the Gram matrix of ``J P^{-1}``: one pass where the
     hint preconditions well (the rule near a previous point), else up to
     ``GRAM_PASSES`` passes, each preconditioned by the factor of the one
-    before (shifted CholeskyQR3, see :func:`_gram_finish`); a Jacobian still
-    short of ``ok`` after those is numerically rank deficient and is
-    reduced by an eigen-decomposition of the last Gram matrix. All passes
-    run the same traced code (a ``while_loop``), so the program holds one
-    copy of the model's Jacobian for this reduction."""
+    before (shifted CholeskyQR3, see :func:`_gram_finish`). All passes run
+    the same traced code (a ``while_loop``). A Gram matrix that is still not
+    positive definite after a shifted pass means a rank-deficient Jacobian
+    (a parameter without effect, fewer rows than parameters), where further
+    passes would only amplify rounding: the passes stop and the Householder
+    pass linearises, as it does where the passes run out."""
     n = x.shape[0]
     dtype = x.dtype
     m = jnp.asarray(data["m"], dtype)
@@ -340,27 +325,21 @@ def _linearize_chunked_gram(problem, x, data, f_scale, hint):
         init = (jnp.zeros((_n_upper(P),), dtype), jnp.zeros((n,), dtype),
                 jnp.zeros((), dtype), jnp.asarray(True))
         Gu, h, cost, finite = _over_chunks(problem, data, init, update(P))
-        G = _gram_matrix(Gu, n, dtype)
-        ok, R, qtf, g, P_next = _gram_finish(G, h, P, m)
+        ok, R, qtf, g, P_next, definite = _gram_finish(_gram_matrix(Gu, n, dtype), h, P, m)
         marker = jnp.where(finite, 0.0, jnp.nan).astype(dtype)[None]
-        lin = Linearization(marker, cost, R, qtf, g)
-        return k + 1, P_next, ok, lin, G, h, P
+        deficient = (k >= 1) & ~definite
+        return k + 1, P_next, ok, Linearization(marker, cost, R, qtf, g), deficient
 
     def more(c):
-        k, _, ok = c[:3]
-        return ~ok & (k < GRAM_PASSES)
+        k, _, ok, _, deficient = c
+        return ~ok & ~deficient & (k < GRAM_PASSES)
 
     z = jnp.zeros((n,), dtype)
-    eye = jnp.eye(n, dtype=dtype)
     init = (jnp.zeros((), jnp.int32), _preconditioner(hint), jnp.asarray(False),
-            Linearization(z[:1], z[0], eye, z, z), eye, z, eye)
-    _, _, ok, lin, G, h, P = jax.lax.while_loop(more, one_pass, init)
-
-    def deficient(_):
-        R, qtf = _gram_rank_deficient(G, h, P)
-        return lin._replace(R=R, qtf=qtf)
-
-    return jax.lax.cond(ok, lambda _: lin, deficient, None)
+            Linearization(z[:1], z[0], jnp.eye(n, dtype=dtype), z, z), jnp.asarray(False))
+    _, _, ok, lin, _ = jax.lax.while_loop(more, one_pass, init)
+    return jax.lax.cond(ok, lambda _: lin,
+                        lambda _: _linearize_chunked(problem, x, data, f_scale), None)
 
 
 def _trial_cost_chunked(problem, x, data, f_scale):

@@ -244,7 +244,12 @@ class _Reader:
                 valid += chunk.n_rows if w is None else int(np.count_nonzero(w))
         finally:
             chunks.close()
-        self._check_rows(rows, valid, _pass_checksum(sums))
+        checksum = _pass_checksum(sums)
+        self._check_rows(rows, valid, checksum)
+        # What this pass saw is what the re-saved checkpoint records: without
+        # it the file would lose its checksum and accept other data later.
+        self.pass_checksum = checksum
+        self.rows_seen, self.valid_rows = rows, valid
 
 
 def _xshape(cs, nf):
@@ -355,9 +360,12 @@ def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xto
         use_jac_scale = x_scale is not None or method == "lm"
         xs = np.ones(n)
     else:
-        xs = np.broadcast_to(np.asarray(x_scale, dtype=float), (n,)).copy()
-        if not np.all(np.isfinite(xs) & (xs > 0)):
-            raise ValueError("`x_scale` must be 'jac' or positive numbers.")
+        xs = np.asarray(x_scale, dtype=float)
+        if xs.ndim == 0:
+            xs = np.full(n, float(xs))
+        if xs.shape != (n,) or not np.all(np.isfinite(xs) & (xs > 0)):
+            raise ValueError("`x_scale` must be 'jac' or positive numbers, one per parameter "
+                             f"({n}); got shape {xs.shape}.")
         use_jac_scale = False
     opts = Options(np.float64(ftol), np.float64(xtol), np.float64(gtol), np.int32(max_nfev),
                    np.float64(f_scale), np.float64(10.0), np.float64(loss_id(loss)))
@@ -563,9 +571,16 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
     # scales f_scale by them (sample weights as frequencies).
     st["point_scale"] = point_scale_key(st["loss"], first.sample_weight is not None)
     n = st["n"]
-    if source.n_samples not in (None, 1) and n > source.n_samples:  # scipy's rule
-        raise TypeError(f"The number of func parameters={n} must not exceed the number of "
-                        f"data points={source.n_samples}")
+    m = source.n_samples
+    # scipy's rule, as in fit_curve: only 'lm' (MINPACK) needs M >= N (after
+    # method=None is resolved: 'lm' without bounds); 'trf' and 'dogbox' solve
+    # underdetermined problems (the covariance is then inf).
+    if st["method"] == "lm" and m is not None and n > m:
+        if m != 1:
+            raise TypeError(f"The number of func parameters={n} must not exceed the number "
+                            f"of data points={m}")
+        raise TypeError(f"Improper input: func input vector length N={n} must not exceed "
+                        f"func output vector length M={m}")
     fill_x = first.X.reshape(first.n_rows, -1)[0]
     xsample = np.repeat(fill_x[None, :], cs, axis=0)
     xsample = xsample[:, 0] if nf == 1 else np.ascontiguousarray(xsample.T)
@@ -837,6 +852,7 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
     expected = None
     resumed = False
     carry = None
+    stored = {}  # meta of the checkpoint resumed from
     if checkpoint is not None:
         expected = dict(version=CHECKPOINT_VERSION, source=source.fingerprint(),
                         settings=_settings_fingerprint(st, cs, nan_policy, refine),
@@ -848,6 +864,7 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
             carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(info),
                                                  [jnp.asarray(a) for a in leaves])
             resumed = True
+            stored = meta
             if reader is not None and meta.get("valid_rows") is not None:
                 reader.valid_rows = meta["valid_rows"]
                 reader.rows_seen = meta["rows_seen"]
@@ -873,6 +890,11 @@ def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, r
                         valid_rows=None if reader is None else reader.valid_rows,
                         rows_seen=None if reader is None else reader.rows_seen,
                         pass_checksum=None if reader is None else reader.pass_checksum)
+            for key in ("valid_rows", "rows_seen", "pass_checksum"):
+                # A re-save before this run completed a pass of its own keeps
+                # the data record of the checkpoint it resumed (never None).
+                if meta[key] is None:
+                    meta[key] = stored.get(key)
             _write_checkpoint(checkpoint, leaves, meta)
         if not go:
             break

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from sklearn.exceptions import ConvergenceWarning
 
 from nist_strd import MODELS, NAMES, digits, load
 from sknlsq import (ArraySource, CurveFitRegressor, HDF5Source, IterableSource,
@@ -124,6 +125,58 @@ def test_rank_deficient_jacobian_in_chunks_matches_scipy():
         else:  # dof 2997 instead of 2998: 3e-4
             np.testing.assert_allclose(est.pcov_[:2, :2], ref_pcov, rtol=1e-3)
             assert np.all(est.pcov_[2] == 0)
+
+
+def _g3(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def test_more_parameters_than_rows_is_refused_for_lm_only():
+    """scipy's rule, as for CurveFitRegressor: only 'lm' (also method=None
+    without bounds) refuses more parameters than data points (a
+    ValueError naming n_samples = 1 for a single row, scikit-learn's
+    convention); 'trf' and 'dogbox' (and method=None with bounds) fit
+    underdetermined problems, with an infinite covariance."""
+    X = np.array([[0.5], [1.5]])
+    y = 1.0 + X[:, 0]
+    for method in (None, "lm"):
+        for est in (StreamingCurveFitRegressor(_g3, p0=[1, 1, 0], method=method),
+                    CurveFitRegressor(_g3, p0=[1, 1, 0], method=method)):
+            with pytest.raises(TypeError, match="parameters=3 must not exceed the number of "
+                                                "data points=2"):
+                est.fit(X, y)
+            with pytest.raises(ValueError, match="n_samples = 1"):
+                est.fit(X[:1], y[:1])
+        with pytest.raises(TypeError, match="Improper input: func input vector length N=3"):
+            fit_chunked(_g3, ArraySource(X[:1], y[:1]), p0=[1, 1, 0], method=method)
+    for kw in (dict(method="trf"), dict(method="dogbox"),
+               dict(bounds=([-10, -10, -10], [10, 10, 10]))):
+        for rows in (1, 2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # see the test below
+                est = StreamingCurveFitRegressor(_g3, p0=[1, 1, 0], **kw).fit(X[:rows],
+                                                                              y[:rows])
+            assert np.all(np.isinf(est.pcov_)), (kw, rows)
+
+
+def test_underdetermined_trf_and_dogbox_fits_match_the_in_memory_fit():
+    """Fewer rows than parameters: the chunked Gram passes stop at a Gram
+    matrix still singular after a shifted pass and linearise by Householder
+    (repeated shifted passes drove the preconditioner singular, then NaN, and
+    the fit stalled until max_nfev)."""
+    X = np.array([[0.5], [1.5]])
+    y = 1.0 + X[:, 0]
+    for method in ("trf", "dogbox"):
+        for rows in (1, 2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ConvergenceWarning)
+                est = StreamingCurveFitRegressor(_g3, p0=[1, 1, 0], method=method).fit(
+                    X[:rows], y[:rows])
+            ref = CurveFitRegressor(_g3, p0=[1, 1, 0], method=method).fit(X[:rows], y[:rows])
+            assert est.status_ > 0 and est.cost_ < 1e-20, (method, rows)
+            np.testing.assert_allclose(est.predict(X[:rows]), y[:rows], rtol=1e-10)
+            if (method, rows) != ("trf", 2):  # another point of the solution set
+                assert _rel(est.params_, ref.params_) < 1e-8, (method, rows)
 
 
 @pytest.mark.parametrize("start", [1, 2])
@@ -476,6 +529,46 @@ def test_checkpoint_of_the_same_size_but_other_values_is_refused(tmp_path):
         StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(make(y2))
 
 
+def _checkpoint_meta(ck):
+    import json
+
+    with np.load(ck) as z:
+        return json.loads(str(z["meta"][()]))
+
+
+def test_resuming_a_finished_checkpoint_keeps_its_data_record(tmp_path):
+    """A fit that resumes a finished checkpoint writes the file again: it must
+    keep the record of the data (row counts, pass checksum), else a later fit
+    of other values of the same size resumed it silently and returned the
+    first data's parameters. Arrays and a callable source."""
+    X, y = _data(m=1003)
+    y2 = y.copy()
+    y2[700:720] += 0.01  # not in chunk 0, unlikely to be a sampled row
+    kw = dict(p0=P0, chunk_size=200)
+
+    def make(yy):
+        def chunks():
+            for i in range(0, 1003, 150):
+                yield X[i:i + 150], yy[i:i + 150]
+
+        return chunks
+
+    for name, args in [("array", lambda yy: (X, yy)), ("callable", lambda yy: (make(yy),))]:
+        ck = tmp_path / f"{name}.npz"
+        first = StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(*args(y))
+        saved = _checkpoint_meta(ck)
+        assert saved["pass_checksum"] is not None and saved["done"]
+        again = StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(*args(y))
+        assert again.passes_ == 0, name
+        assert np.array_equal(again.params_, first.params_), name
+        resaved = _checkpoint_meta(ck)
+        for key in ("pass_checksum", "rows_seen", "valid_rows", "first_chunk", "source",
+                    "settings", "model", "done"):
+            assert resaved[key] == saved[key], (name, key)
+        with pytest.raises(ValueError, match="different fit.*other values"):
+            StreamingCurveFitRegressor(gauss, checkpoint=ck, **kw).fit(*args(y2))
+
+
 def test_retry_with_the_same_iterable_source_resumes_its_checkpoint(tmp_path):
     """A failed fit taught its IterableSource the number of rows; the retry
     with that source must keep the chunk size (it is in the checkpoint)."""
@@ -574,6 +667,46 @@ def test_partial_fit_checks_features_and_continues_after_fit():
     assert _rel(est.params_, before) < 1e-3
     with pytest.raises(ValueError, match="features"):
         est.partial_fit(np.column_stack([X[:10], X[:10]]), y[:10])
+
+
+def test_partial_fit_refuses_a_changed_number_of_parameters():
+    """partial_fit keeps the parameters of its first call (or of fit), as
+    scikit-learn keeps the number of features: a model or p0 giving another
+    number is refused with a ValueError naming the way out, and the fitted
+    state is left as it was. A changed model of the same size continues from
+    the information gathered so far."""
+    from sklearn.base import clone
+
+    x = np.linspace(0, 3, 40)
+    X, y = x[:, None], 2 * np.exp(-0.7 * x) + 0.3
+
+    def f(x, a, b):
+        return a * jnp.exp(-b * x)
+
+    def g(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    def poly(x, *p):
+        return sum(p[i] * x ** i for i in range(len(p)))
+
+    for start in ("partial_fit", "fit"):
+        est = getattr(StreamingCurveFitRegressor(f, p0=[1, 1]), start)(X, y)
+        before = est.params_.copy()
+        est.set_params(model=g, p0=[1, 1, 0])
+        with pytest.raises(ValueError, match="3 parameters.*fitted with 2.*fit.*clone"):
+            est.partial_fit(X, y)
+        assert np.array_equal(est.params_, before)
+        np.testing.assert_allclose(clone(est).partial_fit(X, y).params_[2], 0.3, atol=0.05)
+        est.fit(X, y)  # restarts with the new model; partial_fit continues from it
+        assert est.partial_fit(X, y).params_.size == 3
+    est = StreamingCurveFitRegressor(poly, p0=[0, 0]).partial_fit(X, y)
+    est.set_params(p0=[0, 0, 0])
+    with pytest.raises(ValueError, match="3 parameters.*fitted with 2"):
+        est.partial_fit(X, y)
+    est = StreamingCurveFitRegressor(f, p0=[1, 1]).partial_fit(X, y)
+    est.set_params(model=lambda x, a, b: a * jnp.exp(-b * x) + 0.3)
+    est.partial_fit(X, y)
+    assert np.all(np.isfinite(est.params_)) and est.n_iter_ == 2
 
 
 KILL_MODULE = '''

@@ -278,13 +278,22 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             chunk_size = min(chunk_size, _bucket(max(int(n_samples), 1)))
         nf = self._features_of(source)
         model, p0 = self._model_and_p0(nf)
-        res = fit_chunked(model, source, p0=p0, bounds=self.bounds, method=self.method,
-                          loss=self.loss, f_scale=self.f_scale, x_scale=self.x_scale,
-                          ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
-                          max_nfev=self.max_nfev, absolute_sigma=self.absolute_sigma,
-                          chunk_size=chunk_size, nan_policy=self.nan_policy,
-                          checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every,
-                          verbose=self.verbose, pool=self.pool, stacklevel=3)
+        try:
+            res = fit_chunked(model, source, p0=p0, bounds=self.bounds, method=self.method,
+                              loss=self.loss, f_scale=self.f_scale, x_scale=self.x_scale,
+                              ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
+                              max_nfev=self.max_nfev, absolute_sigma=self.absolute_sigma,
+                              chunk_size=chunk_size, nan_policy=self.nan_policy,
+                              checkpoint=self.checkpoint,
+                              checkpoint_every=self.checkpoint_every, verbose=self.verbose,
+                              pool=self.pool, stacklevel=3)
+        except TypeError as exc:
+            if source.n_samples == 1 and str(exc).startswith("Improper input"):
+                # scikit-learn's convention for too few samples is a ValueError
+                # (as CurveFitRegressor).
+                raise ValueError(f"Cannot fit with n_samples = 1: {exc} (method 'lm'; 'trf' "
+                                 "and 'dogbox' accept underdetermined fits).") from exc
+            raise
         if from_source:
             self.n_features_in_ = nf
             if hasattr(self, "feature_names_in_"):  # of an earlier fit on a DataFrame
@@ -416,6 +425,14 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         # weights are frequencies (``w`` is what online_update scales by).
         st["point_scale"] = point_scale_key(st["loss"], sw is not None)
         state = getattr(self, "_online", None) if not first_call else None
+        if state is not None and state.x.size != st["n"]:
+            # scikit-learn's convention: partial_fit keeps the structure of
+            # the first call (as it keeps the number of features).
+            raise ValueError(f"`model` / `p0` now give {st['n']} parameters, but this "
+                             f"estimator was fitted with {state.x.size} (its first "
+                             "partial_fit, or fit): partial_fit cannot change the number of "
+                             "parameters. Call fit, or partial_fit on a clone "
+                             "(sklearn.base.clone), to start afresh with the new model.")
         max_nfev = st["opts"].max_nfev
         new, status, nfev = online_update(model, state, _xdata(X), y, w, p0=st["p0"], st=st,
                                           pool=self.pool, max_nfev=int(max_nfev),

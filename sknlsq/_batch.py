@@ -34,8 +34,9 @@ import numpy as np
 from . import _model
 from ._config import compile_lowered, x64
 from ._fit import (DEFAULT_REFINE, _as_float_array, _bucket, _check_common,
-                   _initialize_feasible, _make_problem, _plan, _positive, _prepare_bounds,
-                   _resolve_solver, _sample_axis, point_scale_key)
+                   _full_rank_equilibrated, _initialize_feasible, _make_problem, _plan,
+                   _positive, _prepare_bounds, _resolve_solver, _sample_axis,
+                   point_scale_key)
 from ._pool import resolve_pool
 from ._solvers import MESSAGES, Options, advance, finish, running, start
 from ._solvers._losses import loss_id, static_loss
@@ -383,7 +384,13 @@ def _batch_covariance(R, cost, m, n, method, absolute_sigma):
     inv = np.where(keep, 1.0 / np.where(keep, s, 1.0) ** 2, 0.0)
     pc = np.einsum("kji,kj,kjl->kil", VT, inv, VT)
     good = np.ones(ok.sum(), dtype=bool)
-    if method == "lm":
+    if method == "lm":  # leastsq's rule: scale-invariant (see _fit._covariance)
+        mm = np.maximum(m[ok], n)
+        for k in np.flatnonzero(~keep.all(axis=1)):
+            if _full_rank_equilibrated(s[k], VT[k], mm[k]):
+                keep[k] = s[k] > 0
+                inv_k = np.where(keep[k], 1.0 / np.where(keep[k], s[k], 1.0) ** 2, 0.0)
+                pc[k] = (VT[k].T * inv_k) @ VT[k]
         good &= keep.all(axis=1)
     if not absolute_sigma:
         dof = m[ok] - n

@@ -887,7 +887,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     nfev, njev, nit, status = (int(c) for c in sol["counts"])
     if status == NONFINITE_X0:
         raise ValueError("Residuals are not finite in the initial point `p0`: the model or "
-                         "`sigma` gives inf or NaN there.")
+                         "`sigma` gives inf or NaN there, or the sum of their squares "
+                         "overflows float64 (rescale `ydata`).")
     params = np.asarray(sol["x"], dtype=float)
     cost = sol["cost"]
     fun = np.asarray(sol["fun"], dtype=float)[:m]
@@ -970,6 +971,21 @@ def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis, s=None):
     return data
 
 
+def _full_rank_equilibrated(s, VT, mn):
+    """Whether ``R = U diag(s) VT`` has full numerical rank once its columns
+    are scaled to unit norm. 'lm' mirrors leastsq, which inverts MINPACK's
+    column-pivoted R and gives up only where it is singular, so a badly
+    scaled but well-determined problem (parameters of 1e8 and 1e-6) keeps
+    its covariance; the plain rank test on ``s`` is not scale-invariant.
+    ``s[:, None] * VT`` has the column norms and singular values of R."""
+    A = s[:, None] * VT
+    d = np.linalg.norm(A, axis=0)
+    if not np.all(d > 0):
+        return False
+    se = np.linalg.svd(A / d, compute_uv=False)
+    return bool(se[-1] > EPS * mn * se[0])
+
+
 def _covariance(s, VT, cost, m, m_dof, n, method, absolute_sigma):
     """Scipy's covariance: Moore-Penrose inverse of ``J^T J`` from the SVD
     ``R = U diag(s) VT`` (same singular values and right vectors as ``J``),
@@ -981,7 +997,9 @@ def _covariance(s, VT, cost, m, m_dof, n, method, absolute_sigma):
     threshold = EPS * max(m, n) * (s[0] if s.size else 0.0)
     keep = s > threshold
     if method == "lm" and not keep.all():
-        return np.full((n, n), np.inf), False
+        if not _full_rank_equilibrated(s, VT, max(m, n)):
+            return np.full((n, n), np.inf), False
+        keep = s > 0
     s, VT = s[keep], VT[keep]
     pcov = (VT.T / s ** 2) @ VT
     if np.isnan(pcov).any():

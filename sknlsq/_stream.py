@@ -51,8 +51,9 @@ from jax.experimental import io_callback
 
 from . import _model
 from ._config import compile_lowered, x64, x64_in_callback_thread
-from ._fit import (DEFAULT_REFINE, EPS, FitResult, _check_common, _initialize_feasible,
-                   _make_problem, _plan, _prepare_bounds, _resolve_solver, point_scale_key)
+from ._fit import (DEFAULT_REFINE, FitResult, _check_common, _covariance,
+                   _initialize_feasible, _make_problem, _plan, _prepare_bounds,
+                   _resolve_solver, point_scale_key)
 from ._pool import resolve_pool
 from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance, finish,
                        linearize, running, start)
@@ -928,7 +929,8 @@ def _result(sol, st, m_dof, absolute_sigma, **extra):
     nfev, njev, nit, status = sol["counts"]
     if status == NONFINITE_X0:
         raise ValueError("Residuals are not finite in the initial point `p0`: the model or "
-                         "the weights give inf or NaN there.")
+                         "the weights give inf or NaN there, or the sum of their squares "
+                         "overflows float64 (rescale y).")
     n = st["n"]
     pcov = covariance_from_R(sol["R"], sol["cost"], m_dof, n, st["method"], absolute_sigma)
     return ChunkedFitResult(params=np.asarray(sol["x"], dtype=float), pcov=pcov,
@@ -947,15 +949,7 @@ def covariance_from_R(R, cost, m, n, method, absolute_sigma):
     if not np.all(np.isfinite(R)):
         return np.full((n, n), np.inf)
     _, s, VT = np.linalg.svd(R)
-    keep = s > EPS * max(m, n) * (s[0] if s.size else 0.0)
-    if method == "lm" and not keep.all():
-        return np.full((n, n), np.inf)
-    pcov = (VT[keep].T / s[keep] ** 2) @ VT[keep]
-    if not absolute_sigma:
-        if m <= n:
-            return np.full((n, n), np.inf)
-        pcov = pcov * (2.0 * cost / (m - n))
-    return pcov
+    return _covariance(s, VT, cost, m, m, n, method, absolute_sigma)[0]
 
 
 # --------------------------------------------------------------------------

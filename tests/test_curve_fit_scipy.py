@@ -747,3 +747,33 @@ def test_xdata_object_the_model_reads_by_name_is_passed_untouched():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the host-path notice for a NumPy model
         np.testing.assert_allclose(curve_fit(model, X, y)[0], ref, rtol=1e-7)
+
+
+def test_lm_covariance_of_a_badly_scaled_problem_is_finite_like_scipy(monkeypatch):
+    """Parameters of 1e8 and 1e-6: well determined, but R's singular values
+    span more than the plain rank threshold. leastsq inverts R (singular only
+    where it is exactly singular): a finite covariance, equal to the fit's in
+    rescaled units. sknlsq's 'lm' gave inf and a warning, single, batched and
+    in chunks."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 5e-6, 100)
+    y = 1e8 * np.exp(-t / 1e-6) + 1e5 * rng.standard_normal(t.size)
+    p0 = [0.9e8, 1.1e-6]
+
+    def f(t, A, tau):
+        return A * jnp.exp(-t / tau)
+
+    ref_p, ref_c = scipy_curve_fit(lambda t, A, tau: A * np.exp(-t / tau), t, y, p0=p0)
+    # The same fit in rescaled units (A in 1e8, tau in 1e-6) is well conditioned.
+    pr, cr = scipy_curve_fit(lambda t, a, b: 1e8 * a * np.exp(-t / (1e-6 * b)), t, y,
+                             p0=[0.9, 1.1])
+    perr_units = np.sqrt(np.diag(cr)) * [1e8, 1e-6]
+    np.testing.assert_allclose(np.sqrt(np.diag(ref_c)), perr_units, rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptimizeWarning)
+        popt, pcov = curve_fit(f, t, y, p0=p0)
+        bp, bc = curve_fit(f, t, np.stack([y, y]), p0=p0, batch=True)
+        monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "256")  # the chunked path
+        cp, cc = curve_fit(f, t, y, p0=p0)
+    for c in (pcov, bc[0], cc):
+        np.testing.assert_allclose(np.sqrt(np.diag(c)), perr_units, rtol=1e-6)

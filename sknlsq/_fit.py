@@ -508,7 +508,9 @@ def _resolve_solver(method, loss, has_bounds, ftol, xtol, gtol, max_nfev, n):
         # The budget scipy gives finite-difference LM, counted here in trial
         # points (every trial costs one residual evaluation).
         max_nfev = 100 * n * (n + 1)
-    if not isinstance(max_nfev, (int, np.integer)) or max_nfev < 1:
+    integral = isinstance(max_nfev, (int, np.integer)) or (
+        isinstance(max_nfev, (float, np.floating)) and float(max_nfev).is_integer())
+    if isinstance(max_nfev, bool) or not integral or max_nfev < 1:  # scipy takes 100.0
         raise ValueError(f"`max_nfev` must be a positive integer, got {max_nfev!r}.")
     return method, ftol, xtol, gtol, int(max_nfev)
 
@@ -668,10 +670,8 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
         names = _model.parameter_names(model, None)
         n = len(names)
     else:
-        p0 = (np.atleast_1d(_as_float_array(p0, "p0", False)).ravel() if np.ndim(p0) <= 1
-              else None)
-        if p0 is None:
-            raise ValueError("`p0` must be a 1-D array_like of initial parameter values.")
+        # Any shape, raveled, as scipy (np.atleast_1d, then leastsq ravels).
+        p0 = np.atleast_1d(_as_float_array(p0, "p0", False)).ravel()
         n = p0.size
         if n == 0:
             raise ValueError("`p0` must not be empty.")

@@ -101,8 +101,12 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
         one vectorised solve (``p0``, ``bounds``, ``sigma`` may be per-curve,
         with a leading K axis; NaN entries are missing points with
         ``nan_policy='omit'``). ``popt`` is then (K, N) and ``pcov`` (K, N, N);
-        a curve that fails gets NaN parameters and a status in ``infodict``,
-        with one summarising ``OptimizeWarning`` instead of an exception.
+        a curve that cannot be fitted (residuals not finite at its ``p0``,
+        fewer points than parameters) gets NaN parameters, one that runs out
+        of evaluations keeps its last iterate (status 0); each has its status
+        in ``infodict['status']``, with one summarising ``OptimizeWarning``
+        instead of an exception. ``ier`` and ``mesg`` are then per curve
+        (MINPACK's codes for 'lm', as for a single curve).
         ``retire`` (default True) retires converged curves during the solve.
 
     Returns
@@ -211,5 +215,13 @@ def _curve_fit_batch(f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, b
     if full_output:
         infodict = {"nfev": res.nfev, "njev": res.njev, "nit": res.nit, "cost": res.cost,
                     "status": res.status, "n_points": res.n_points}
-        return res.params, res.pcov, infodict, res.messages, res.status
+        ier, mesg = np.array(res.status), list(res.messages)
+        if res.method == "lm":  # MINPACK's codes and messages, as for one curve
+            for k, status in enumerate(res.status):
+                if int(status) in _MINPACK_FROM_COMMON:
+                    ier[k] = _MINPACK_FROM_COMMON[int(status)]
+                    mesg[k] = _minpack_message(ier[k], ftol, xtol, gtol or 0.0,
+                                               max_nfev if max_nfev is not None
+                                               else int(res.nfev[k]))
+        return res.params, res.pcov, infodict, mesg, ier
     return res.params, res.pcov

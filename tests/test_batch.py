@@ -151,3 +151,21 @@ def test_numpy_model_in_a_batch_uses_the_host_path_and_keeps_user_float32():
     ref = fit_curves(decay, x, Y, p0=[1, 1, 0])
     np.testing.assert_allclose(res.params, ref.params, rtol=1e-6)
     assert jnp.ones(2).dtype == jnp.float32  # the global x64 flag was restored
+
+
+def test_batched_lm_returns_minpack_codes_like_a_single_curve():
+    """full_output with batch=True: 'lm' gave least_squares' status codes
+    (2 = ftol) where the single-curve call gives MINPACK's ier (1 = ftol)."""
+    rng = np.random.default_rng(7)
+    x = np.linspace(0, 4, 30)
+    Y = np.stack([2.0 * np.exp(-1.1 * x) + 0.3, 1.5 * np.exp(-0.7 * x) + 0.8])
+    Y = Y + 0.02 * rng.standard_normal(Y.shape)
+
+    def f(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    _, _, info, mesg, ier = curve_fit(f, x, Y, batch=True, full_output=True)
+    for k, y in enumerate(Y):
+        _, _, _, m1, ier1 = curve_fit(f, x, y, full_output=True)
+        assert ier[k] == ier1 and mesg[k] == m1
+    assert np.all(info["status"] > 0)

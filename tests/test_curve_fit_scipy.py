@@ -777,3 +777,16 @@ def test_lm_covariance_of_a_badly_scaled_problem_is_finite_like_scipy(monkeypatc
         cp, cc = curve_fit(f, t, y, p0=p0)
     for c in (pcov, bc[0], cc):
         np.testing.assert_allclose(np.sqrt(np.diag(c)), perr_units, rtol=1e-6)
+
+
+def test_inputs_scipy_accepts_p0_of_any_shape_and_integral_float_max_nfev():
+    """scipy ravels p0 (np.atleast_1d) and takes max_nfev=100.0; both were
+    refused."""
+    x = np.linspace(0, 1, 20)
+    y = 2 * x
+    np.testing.assert_allclose(curve_fit(lambda x, a: a * x, x, y, p0=[[1.0]])[0], [2.0])
+    np.testing.assert_allclose(curve_fit(lambda x, a: a * x, x, y, max_nfev=100.0,
+                                         method="trf")[0], [2.0])
+    for bad in (0.5, True, 0):
+        with pytest.raises(ValueError, match="max_nfev"):
+            curve_fit(lambda x, a: a * x, x, y, max_nfev=bad, method="trf")

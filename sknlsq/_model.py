@@ -120,13 +120,24 @@ _slot_tokens = itertools.count()
 
 
 def reset_host_error(model=None):
-    """Register the calling thread's fit (of ``model``) for host errors."""
+    """Register the calling thread's fit (of ``model``) for host errors.
+    Returns the registration's token (see :func:`peek_host_error`)."""
     token = next(_slot_tokens)
     with _errors_lock:
         old = getattr(_slot_of_thread, "token", None)
         _slots.pop(old, None)
         _slots[token] = [model, None]
     _slot_of_thread.token = token
+    return token
+
+
+def peek_host_error(token):
+    """The exception recorded for the fit registered as ``token`` so far (or
+    None), from any thread: a streaming fit's chunk reader stops the pass
+    when the model has raised instead of letting the solver go on."""
+    with _errors_lock:
+        slot = _slots.get(token)
+    return None if slot is None else slot[1]
 
 
 def pop_host_error():

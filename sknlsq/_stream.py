@@ -73,6 +73,11 @@ _readers_lock = threading.Lock()
 _tokens = itertools.count(1)
 
 
+class _ModelRaised(Exception):
+    """The model raised in a host callback of this fit (recorded by
+    ``_model``): the reader stops the pass, fit_chunked reports it."""
+
+
 class _ChunkError(Exception):
     """Raised inside the io_callback in place of the reader's own exception.
 
@@ -146,6 +151,9 @@ class _Reader:
         self._rows = self._valid = 0
         self._whole = False  # the current pass started at chunk 0
         self._t0 = 0.0
+        # Host-error registration of the fit (_model.reset_host_error): a
+        # model that raised stops the fit at the next chunk.
+        self.error_slot = None
 
     def close(self):
         if self._it is not None:
@@ -158,6 +166,9 @@ class _Reader:
     def read(self, k):
         try:
             return self._read(k)
+        except _ModelRaised:
+            self.close()  # fit_chunked reports the model's own exception
+            raise _ChunkError("the model raised") from None
         except BaseException as exc:
             if self.error is None:
                 self.error = exc
@@ -166,6 +177,8 @@ class _Reader:
             raise _ChunkError(f"{type(exc).__name__}: {exc}") from None
 
     def _read(self, k):
+        if self.error_slot is not None and _model.peek_host_error(self.error_slot) is not None:
+            raise _ModelRaised
         if k == 0 or k != self._next or self._it is None:
             self.close()
             self._it = self.source.chunks(self.cs, start_chunk=k)
@@ -201,9 +214,16 @@ class _Reader:
         if not more:
             self.close()
             checksum = _pass_checksum(self._sums) if self._whole else None
+            if self._whole and self._valid == 0:
+                raise ValueError("the data have no row with a non-zero sample weight (every "
+                                 "weight is zero): there is nothing to fit.")
             if self._whole and self.expected_rows is not None:
                 self._check_rows(self._rows, self._valid, checksum)
             if checksum is not None:
+                if self.pass_checksum is not None and checksum != self.pass_checksum:
+                    raise ValueError("the data source gave other values in this pass than "
+                                     "in an earlier pass of the same fit (same size): a "
+                                     "source must yield the same data on every pass.")
                 self.pass_checksum = checksum
             self.passes += 1
             self.rows_seen, self.valid_rows = self._rows, self._valid
@@ -527,6 +547,14 @@ def _check_checkpoint_path(checkpoint):
         what = ("is not a directory; choose another path" if os.path.exists(folder)
                 else "does not exist; create it or choose another path")
         raise ValueError(f"`checkpoint` {path!r}: its folder {folder!r} {what}.")
+    # Checkpoints are written as a temporary file in that folder, then renamed:
+    # try one now rather than after the first passes.
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sknlsq-ckpt-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"`checkpoint` {path!r}: cannot write in its folder {folder!r} "
+                         f"({exc.strerror or exc}).") from None
 
 
 def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None,
@@ -612,7 +640,7 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
                                       partial(_callback_read_cached, cs, nf), data, steps)
             with _readers_lock:
                 _readers[token] = reader
-            _model.reset_host_error(model)
+            reader.error_slot = _model.reset_host_error(model)
             out = _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy,
                                 int(refine))
     except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 
 import h5py
@@ -1250,3 +1251,78 @@ def test_sklearn_sample_weight_equivalence_check_with_robust_losses(loss):
     est = StreamingCurveFitRegressor(_plane, p0=[0.0, 0.0, 0.0], loss=loss, method="trf",
                                      **TIGHT)
     check_sample_weight_equivalence_on_dense_data("StreamingCurveFitRegressor", est)
+
+
+def test_source_faults_found_by_the_reader():
+    """Faults a source (not an array) can have, each of which gave a wrong or
+    wasteful result: every weight zero (p0 returned as 'converged'), other
+    values in a later pass of the same fit (a fit of mixed data), and a NumPy
+    model raising on the host (the solver went on for max_nfev passes before
+    the error was reported)."""
+    X, y = _data(3000)
+
+    def weighted(w):
+        def chunks():
+            for i in range(0, y.size, 1000):
+                yield X[i:i + 1000], y[i:i + 1000], w[i:i + 1000]
+        return chunks
+
+    with pytest.raises(ValueError, match="non-zero sample weight"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(IterableSource(weighted(np.zeros(y.size))))
+
+    calls = []
+
+    def drifting():
+        calls.append(1)
+        shift = 0.0 if len(calls) < 5 else 0.5  # a later pass reads other values
+        for i in range(0, y.size, 1000):
+            yield X[i:i + 1000], y[i:i + 1000] + shift
+
+    with pytest.raises(ValueError, match="other values"):
+        StreamingCurveFitRegressor(gauss, p0=P0).fit(IterableSource(drifting))
+
+    passes = []
+
+    def counted():
+        passes.append(1)
+        for i in range(0, y.size, 1000):
+            yield X[i:i + 1000], y[i:i + 1000]
+
+    def gauss_np(x, a, mu, s, c):
+        if a > 1.5:
+            raise RuntimeError("model fail")
+        return a * np.exp(-0.5 * ((x - mu) / s) ** 2) + c
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the NumPy model's host-path notice
+        with pytest.raises(ValueError, match="model fail"):
+            StreamingCurveFitRegressor(gauss_np, p0=P0).fit(IterableSource(counted))
+    assert len(passes) <= 6
+
+
+def test_unwritable_checkpoint_folder_is_refused_before_any_pass(tmp_path):
+    folder = "/proc"  # no regular files can be created there, even as root
+    if not os.path.isdir(folder):
+        pytest.skip("needs /proc")
+    X, y = _data(2000)
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        yield X, y
+
+    with pytest.raises(ValueError, match="cannot write"):
+        StreamingCurveFitRegressor(gauss, p0=P0, checkpoint=os.path.join(folder, "f.npz")).fit(
+            IterableSource(chunks))
+    assert len(calls) <= 1  # at most the first chunk's look at the features
+
+
+def test_partial_fit_zero_weight_chunk_is_a_no_op_and_predict_needs_arrays():
+    X, y = _data(300)
+    est = StreamingCurveFitRegressor(gauss, p0=P0).partial_fit(X[:200], y[:200])
+    before = est.params_.copy(), est.pcov_.copy()
+    est.partial_fit(X[200:], y[200:], sample_weight=np.zeros(100))
+    np.testing.assert_array_equal(est.params_, before[0])
+    np.testing.assert_array_equal(est.pcov_, before[1])
+    with pytest.raises(TypeError, match="array-like `X`"):
+        est.predict(ArraySource(X, y))

@@ -411,6 +411,15 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         if first_call:
             self._validate_params()
         X, y = self._validate_xy(X, y, reset=first_call)
+        if sample_weight is not None and np.ndim(sample_weight) == 1 and X.shape[0] > 0:
+            try:
+                raw = np.asarray(sample_weight, dtype=np.float64)
+            except (TypeError, ValueError):
+                raw = None
+            if raw is not None and raw.shape == (X.shape[0],) and np.all(raw == 0):
+                # A chunk of zero weight carries no information: no update (as
+                # a chunk whose rows nan_policy='omit' drops), not an error.
+                return self
         sw = self._checked_weights(sample_weight, X)
         w = np.ones(X.shape[0]) if sw is None else np.sqrt(sw)
         if self.nan_policy == "omit":
@@ -468,6 +477,10 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         # params_ is what predict needs: a partial_fit whose rows were all
         # dropped (nan_policy='omit') sets other attributes but not it.
         check_is_fitted(self, "params_")
+        if isinstance(X, ChunkSource) or callable(X) or _is_h5py_dataset(X):
+            raise TypeError(f"predict needs an array-like `X` of shape (n_samples, "
+                            f"n_features), not {type(X).__name__}: read the rows to "
+                            "predict from the source first.")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return self._evaluate(X, self.params_)
 

@@ -107,13 +107,20 @@ def fit_global(model, xdata, y, w, group, n_groups, local_idx, shared_idx, p0_lo
     m = np.asarray(y).size
 
     def fun(tl, tg, d):
+        # The model sees x as for one ordinary sample set, (k, rows) or
+        # (rows,), and each local parameter as an array over those rows (the
+        # value of the row's group); in the padded layout the rows are the
+        # G x P slots, group-major, so a row's local value is a broadcast.
+        shape = d["y"].shape
         args = [None] * n_params
         for j, k in enumerate(local_idx):
-            args[k] = tl[:, j][:, None] if padded else tl[d["group"], j]
+            args[k] = (jnp.broadcast_to(tl[:, j][:, None], shape).reshape(-1) if padded
+                       else tl[d["group"], j])
         for j, k in enumerate(shared_idx):
             args[k] = tg[j]
         out = jnp.asarray(model(d["x"], *args), dtype=jnp.float64)
-        return d["w"] * (jnp.broadcast_to(out, d["y"].shape) - d["y"])
+        out = jnp.broadcast_to(out, (int(np.prod(shape)),)).reshape(shape)
+        return d["w"] * (out - d["y"])
 
     prob = BlockArrow(fun, int(n_groups), pl, pg, padded)
     x0 = np.concatenate([np.asarray(p0_shared, float).reshape(-1),
@@ -139,6 +146,10 @@ def _global_layout(xdata, y, w, group, n_groups):
     rows get zero weight) when that wastes little room: the sums of a step
     are then batched contractions instead of scatters. Otherwise flat, with
     the group of each row. ``w=None`` means unit weights.
+
+    ``x`` keeps the form the model takes for one sample set in both layouts:
+    1-D or (k, rows), the padded layout's rows being its G x P slots in
+    group-major order (``y`` and ``w`` are (G, P) there).
     """
     group = np.asarray(group, dtype=np.int64)
     y = np.asarray(y, dtype=float)
@@ -170,6 +181,8 @@ def _global_layout(xdata, y, w, group, n_groups):
             xl = np.broadcast_to(xdata[..., order[starts]][..., None],
                                  xdata.shape[:-1] + (n_groups, P)).copy()
             xl[..., gs, slot] = xdata[..., order]
+    if xl.ndim:
+        xl = xl.reshape(xl.shape[:-2] + (n_groups * P,))
     return {"x": xl, "y": lay(y), "w": wd}, True
 
 
@@ -209,5 +222,14 @@ def fit_pattern(model, xdata, y, w, p0, pattern, *, ftol=1e-8, xtol=1e-8, gtol=1
     if n <= dense_cov_limit and int(state.status) >= 0:
         J = sp.csr_array((np.asarray(state.rep), (rows, cols)), shape=(m, n))
         JTJ = (J.T @ J).toarray()
-        cov = dict(full=np.linalg.pinv(JTJ, hermitian=True))
+        # Equilibrated (unit column norms) before the rank decision of the
+        # pseudo-inverse, then scaled back: badly scaled columns are not
+        # taken for a rank deficiency.
+        if np.all(np.isfinite(JTJ)):
+            d = np.sqrt(np.diag(JTJ))
+            d = np.where(d > 0, d, 1.0)
+            full = np.linalg.pinv(JTJ / np.outer(d, d), hermitian=True) / np.outer(d, d)
+        else:  # a non-finite Jacobian (the fit failed): no covariance
+            full = np.full((n, n), np.nan)
+        cov = dict(full=full)
     return _result(state, int(n_colors), int(rows.size), cov)

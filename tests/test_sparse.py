@@ -294,3 +294,197 @@ def test_numpy_model_is_refused_with_a_clear_error():
                                             jac_sparsity=np.ones((60, 3))), t[:, None])):
         with pytest.raises(TypeError, match="`model` that JAX can trace"):
             est.fit(X, y)
+
+
+def _rowwise(x, off, b, c):
+    """Written for one sample set: x is (2, n_rows); not element-wise in x."""
+    return off + jnp.exp(0.5 * (x.T @ jnp.stack([b, c])))
+
+
+@pytest.mark.parametrize("sizes", [[6] * 6, [7] * 5, [7, 7, 6, 7, 7, 6], [2, 30, 3]],
+                         ids=["equal-G=P", "equal", "nearly-equal", "ragged"])
+def test_global_fit_model_sees_x_as_for_one_sample_set(sizes):
+    """The model got x as (k, G, P) in the padded layout of (nearly) equal
+    groups: a matrix product over rows then fitted silently wrong (G == P) or
+    failed to broadcast. Reference: scipy on the full parameter vector with
+    one-hot group columns."""
+    from sknlsq._sparse_fit import _global_layout
+
+    rng = np.random.default_rng(3)
+    G = len(sizes)
+    g = np.repeat(np.arange(G), sizes)
+    x1, x2 = rng.normal(size=(2, g.size))
+    off = rng.normal(size=G)
+    y = off[g] + np.exp(0.5 * (0.8 * x1 - 0.4 * x2)) + 0.01 * rng.normal(size=g.size)
+    perm = rng.permutation(g.size)
+    X = np.column_stack([x1, g, x2])[perm]
+    est = SparseCurveFitRegressor(_rowwise, p0=[0.0, 1.0, 1.0], local_params=["off"],
+                                  group_column=1, **TIGHT).fit(X, y[perm])
+    onehot = np.eye(G)[g]
+
+    def resid(p):
+        return onehot @ p[2:] + np.exp(0.5 * (p[0] * x1 + p[1] * x2)) - y
+
+    def jac(p):
+        e = 0.5 * np.exp(0.5 * (p[0] * x1 + p[1] * x2))
+        return np.column_stack([e * x1, e * x2, onehot])
+
+    ref = least_squares(resid, np.r_[1.0, 1.0, np.zeros(G)], jac=jac, ftol=1e-15, xtol=1e-15,
+                        gtol=1e-15)
+    padded = _global_layout(np.vstack([x1, x2]), y, None, g, G)[1]
+    assert padded == (sizes != [2, 30, 3])
+    np.testing.assert_allclose(est.shared_params_, ref.x[:2], rtol=1e-8)
+    np.testing.assert_allclose(est.local_params_[:, 0], ref.x[2:], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(est.predict(X), resid(ref.x)[perm] + y[perm], rtol=1e-8)
+
+
+def test_cg_with_a_non_finite_jacobian_does_not_report_convergence():
+    """d/dk sqrt(k x) is infinite at k = 0: CG returned a zero step (NaN
+    ||b||) that passed the xtol test, status 3 at the untouched p0. Like the
+    dense solver (reference: CurveFitRegressor), it is no success."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = np.linspace(0.1, 4, 60)
+    y = 2 * np.sqrt(0.7 * x)
+
+    def model(x, a, k):
+        return a * jnp.sqrt(k * x)
+
+    with pytest.warns(ConvergenceWarning):
+        ref = CurveFitRegressor(model, p0=[1.0, 0.0], max_nfev=30).fit(x[:, None], y)
+    with pytest.warns(ConvergenceWarning):
+        est = SparseCurveFitRegressor(model, p0=[1.0, 0.0], tr_solver="cg",
+                                      max_nfev=30).fit(x[:, None], y)
+    assert ref.status_ == est.status_ == 0
+    np.testing.assert_array_equal(est.params_, ref.params_)
+
+
+@pytest.mark.parametrize("local_params", [None, []])
+def test_global_fit_without_local_parameters_equals_the_dense_fit(local_params):
+    """All parameters shared: crashed after the solve (empty local blocks)."""
+    t, g, y = _global_data(3, 30)
+    X = np.column_stack([t, g])
+    est = SparseCurveFitRegressor(decay, p0=[1.0, 0.0, 1.0], local_params=local_params,
+                                  group_column=1, ftol=1e-15, xtol=1e-15, gtol=1e-15
+                                  ).fit(X, y)
+    ref = CurveFitRegressor(decay, p0=[1.0, 0.0, 1.0], **TIGHT).fit(t[:, None], y)
+    np.testing.assert_allclose(est.shared_params_, ref.params_, rtol=1e-8)
+    np.testing.assert_allclose(est.params_, ref.params_, rtol=1e-8)
+    np.testing.assert_allclose(est.shared_pcov_, ref.pcov_, rtol=1e-6)
+    np.testing.assert_allclose(est.perr_, ref.perr_, rtol=1e-6)
+    assert est.local_params_.shape == (3, 0)
+    np.testing.assert_allclose(est.predict(X), ref.predict(t[:, None]), rtol=1e-8)
+
+
+def test_covariance_of_badly_scaled_problems_is_exact():
+    """Column norms 1e9 apart: pinv(J^T J) (cg) and the eigenvalue threshold /
+    pinv of the Schur path took the problem for rank-deficient. Reference:
+    the dense covariance of the same linear problem (numpy, equilibrated)."""
+    rng = np.random.default_rng(0)
+
+    def dense_perr(A, y):
+        coef = np.linalg.lstsq(A, y, rcond=None)[0]
+        s2 = np.sum((A @ coef - y) ** 2) / (A.shape[0] - A.shape[1])
+        d = np.linalg.norm(A, axis=0)
+        return coef, np.sqrt(np.diag(np.linalg.inv((A / d).T @ (A / d))) / d ** 2 * s2)
+
+    x = np.linspace(0, 1, 200)
+
+    def mdl(x, a, b):
+        return a * 1e4 * x + b * 1e-5
+
+    y = mdl(x, 1.0, 2.0e5) + 0.01 * rng.normal(size=x.size)
+    coef, perr = dense_perr(np.column_stack([1e4 * x, np.full_like(x, 1e-5)]), y)
+    est = SparseCurveFitRegressor(mdl, p0=[1.0, 1.0], tr_solver="cg", **TIGHT).fit(x[:, None], y)
+    np.testing.assert_allclose(est.params_, coef, rtol=1e-6)
+    np.testing.assert_allclose(est.perr_, perr, rtol=1e-6)
+
+    G, P = 4, 50
+    g = np.repeat(np.arange(G), P)
+    x = np.tile(np.linspace(0, 1, P), G)
+
+    def gm(x, a, b, c):
+        return a * 1e4 * x + b * 1e-5 + c * 1e-5 * x ** 2
+
+    y = (rng.uniform(1, 2, G)[g] * 1e4 * x + rng.uniform(1e5, 2e5, G)[g] * 1e-5 + 3.0 * x ** 2
+         + 0.01 * rng.normal(size=g.size))
+    A = np.zeros((g.size, 1 + 2 * G))
+    A[:, 0] = 1e-5 * x ** 2
+    A[np.arange(g.size), 1 + 2 * g] = 1e4 * x
+    A[np.arange(g.size), 2 + 2 * g] = 1e-5
+    coef, perr = dense_perr(A, y)
+    est = SparseCurveFitRegressor(gm, p0=[1.0, 1.0, 1.0], local_params=["a", "b"],
+                                  group_column=1, ftol=1e-14, xtol=1e-14, gtol=1e-14
+                                  ).fit(np.column_stack([x, g]), y)
+    np.testing.assert_allclose(est.params_, coef, rtol=1e-6)
+    np.testing.assert_allclose(est.perr_, perr, rtol=1e-6)
+
+
+def test_model_output_of_the_wrong_shape_is_named():
+    """General path with an explicit `jac_sparsity` or tr_solver='cg': a
+    scalar output (a constant model, which CurveFitRegressor fits) crashed
+    with an IndexError, and outputs of the wrong length or shape gave bare
+    NumPy / JAX broadcast errors."""
+    x = np.linspace(0, 3, 50)
+    y = 2 * np.exp(-0.4 * x) + 0.01 * np.random.default_rng(0).normal(size=50)
+    ref = CurveFitRegressor(lambda x, a: a, p0=[1.0]).fit(x[:, None], y)
+    for js in (np.ones((50, 1)), "auto"):
+        est = SparseCurveFitRegressor(lambda x, a: a, p0=[1.0], jac_sparsity=js,
+                                      tr_solver="cg", **TIGHT).fit(x[:, None], y)
+        np.testing.assert_allclose(est.params_, ref.params_, rtol=1e-8)
+        np.testing.assert_allclose(est.params_, [y.mean()], rtol=1e-8)
+        np.testing.assert_allclose(est.perr_, ref.perr_, rtol=1e-6)
+    cases = [(lambda x, a, b: a * x[:10] + b, np.ones((50, 2)), "cg", r"\(10,\)"),
+             (lambda x, a, b: (a * x + b)[:, None], "auto", "cg", r"\(50, 1\)"),
+             (lambda x, a, b: (a * x + b)[:, None], np.ones((50, 2)), "cg", r"\(50, 1\)"),
+             (lambda x, a, b: (a * x + b)[:, None], "auto", "dense", r"\(50, 1\)")]
+    for f, js, solver, shape in cases:
+        with pytest.raises(ValueError, match=r"`model` returned an array of shape " + shape):
+            SparseCurveFitRegressor(f, p0=[1.0, 1.0], jac_sparsity=js,
+                                    tr_solver=solver).fit(x[:, None], y)
+    g = np.repeat([0, 1], 25)
+    with pytest.raises(ValueError, match=r"`model` returned an array of shape \(50, 1\)"):
+        SparseCurveFitRegressor(lambda x, a, b: (a * x + b)[:, None], p0=[1.0, 1.0],
+                                local_params=["a"], group_column=1).fit(np.c_[x, g], y)
+
+
+def test_group_ids_beyond_int64_are_refused():
+    """1e19 was cast to INT64_MIN for every group (one group at predict)."""
+    t, g, y = _global_data(3, 15)
+    kw = dict(p0=[1.0, 0.0, 1.0], local_params=["amp", "off"], group_column=1)
+    X = np.column_stack([t, np.array([1e19, 2e19, 3e19])[g]])
+    with pytest.raises(ValueError, match="group_column"):
+        SparseCurveFitRegressor(decay, **kw).fit(X, y)
+    ids = np.array([-2.0 ** 62, 0.0, 2.0 ** 62])  # large, but in range: as ids 0, 1, 2
+    est = SparseCurveFitRegressor(decay, **kw).fit(np.column_stack([t, ids[g]]), y)
+    ref = SparseCurveFitRegressor(decay, **kw).fit(np.column_stack([t, g]), y)
+    np.testing.assert_array_equal(est.groups_, ids.astype(np.int64))
+    np.testing.assert_allclose(est.params_, ref.params_, rtol=1e-12)
+    np.testing.assert_allclose(est.predict(np.column_stack([t, ids[g]])),
+                               ref.predict(np.column_stack([t, g])), rtol=1e-12)
+
+
+def test_refit_leaves_only_the_attributes_of_the_new_fit():
+    """groups_, local_params_, shared_pcov_, ... of a global fit survived a
+    refit as a general model (set_params(group_column=None)). Reference: a
+    fresh estimator fitted the same way."""
+    t, g, y = _global_data(2, 20)
+    Xg = np.column_stack([t, g])
+    kw = dict(p0=[1.0, 0.0, 1.0], local_params=["amp"], group_column=1)
+    est = SparseCurveFitRegressor(decay, **kw).fit(Xg, y)
+    est.set_params(group_column=None, local_params=None).fit(t[:, None], y)
+    fresh = SparseCurveFitRegressor(decay, p0=[1.0, 0.0, 1.0]).fit(t[:, None], y)
+    fitted = sorted(k for k in vars(est) if k.endswith("_") and not k.startswith("_"))
+    assert fitted == sorted(k for k in vars(fresh) if k.endswith("_") and not k.startswith("_"))
+    for name in ("groups_", "shared_params_", "local_params_", "shared_pcov_", "local_pcov_",
+                 "local_param_names_", "shared_param_names_"):
+        assert not hasattr(est, name)
+    np.testing.assert_allclose(est.params_, fresh.params_)
+    np.testing.assert_allclose(est.pcov_, fresh.pcov_)
+    # ... and back to a global fit: the general fit's covariance is gone.
+    est.set_params(**kw).fit(Xg, y)
+    fresh = SparseCurveFitRegressor(decay, **kw).fit(Xg, y)
+    assert sorted(k for k in vars(est) if k.endswith("_") and not k.startswith("_")) == \
+        sorted(k for k in vars(fresh) if k.endswith("_") and not k.startswith("_"))
+    assert est.pcov_ is None
+    np.testing.assert_allclose(est.local_params_, fresh.local_params_)

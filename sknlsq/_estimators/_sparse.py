@@ -32,6 +32,45 @@ from ._curve_fit import _checked_weights, _ModelMixin, _xdata
 _DENSE_MAX_PARAMS = 200  # 'auto': at most this many parameters and ...
 _DENSE_MAX_FILL = 0.5  # ... at least this fraction of non-zeros: solve densely
 
+# Everything a fit sets (besides n_features_in_ / feature_names_in_, which
+# validate_data resets): removed at the start of each fit.
+_FITTED_ATTRS = ("params_", "pcov_", "perr_", "shared_params_", "local_params_", "groups_",
+                 "shared_pcov_", "local_pcov_", "local_param_names_", "shared_param_names_",
+                 "sparsity_", "n_colors_", "memory_usage_", "tr_solver_", "cost_", "n_iter_",
+                 "nfev_", "status_", "message_")
+
+
+def _check_output_shape(out, m):
+    """The model's output must be one value per sample, or broadcast to it
+    (a scalar: a constant model), as for CurveFitRegressor."""
+    try:
+        ok = np.broadcast_shapes(tuple(out), (m,)) == (m,)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"`model` returned an array of shape {tuple(out)}; expected shape "
+                         f"({m},), one value per sample (or a scalar).")
+
+
+class _Broadcast:
+    """``model`` with its output broadcast to ``(m,)``: a general fit of a
+    model that returns a scalar (or shape (1,)), which the pattern detection,
+    the pattern check and the solver all take as one value per sample.
+    Equal for equal (model, m), so that compiled programs are reused."""
+
+    def __init__(self, model, m):
+        self.model, self.m = model, m
+
+    def __call__(self, x, *params):
+        return jnp.broadcast_to(jnp.asarray(self.model(x, *params)), (self.m,))
+
+    def __eq__(self, other):
+        return (type(other) is _Broadcast and self.m == other.m
+                and self.model == other.model)
+
+    def __hash__(self):
+        return hash((_Broadcast, self.model, self.m))
+
 
 class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     """Nonlinear least squares with a sparse Jacobian (thousands of parameters).
@@ -42,8 +81,11 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
       column ``group_column`` of ``X``; the parameters named in
       ``local_params`` take one value per group, the others are shared by
       all groups. ``model(x, *params)`` is written for one sample set as
-      usual; it is called with the local parameters as arrays over the rows
-      (the value of each row's group), so it must be element-wise in them.
+      usual: ``x`` is 1-D or (n_features, n_rows) as for predict, and the
+      local parameters come as arrays over the rows (the value of each row's
+      group), so each output row must depend only on its own row of ``x``
+      and of the parameters (rows may be reordered by group, and padded with
+      copies of a row of the same group).
       The Jacobian is block-arrow by construction and each step eliminates
       the local blocks exactly (Schur complement).
     * **General sparse models** (``group_column=None``): ``model(x, *params)``
@@ -65,7 +107,8 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         entry of a local parameter may also be an array of one value per
         group (in the order of ``groups_``).
     local_params : list of str or int, default=None
-        Global fits: names (or positions) of the per-group parameters.
+        Global fits: names (or positions) of the per-group parameters;
+        ``None`` or ``[]``: all parameters shared.
     group_column : int, default=None
         Global fits: the column of ``X`` holding integer group ids; the other
         columns are the model's features.
@@ -191,6 +234,10 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
+        # Each fit leaves only its own attributes (a global fit's groups_,
+        # local_params_, ... do not survive a general refit, nor the reverse).
+        for name in _FITTED_ATTRS:
+            self.__dict__.pop(name, None)
         X, y = validate_data(self, X, y, reset=True, y_numeric=True, dtype=np.float64)
         sw = _checked_weights(sample_weight, X)
         w = None if sw is None else np.sqrt(sw)  # None: unit weights
@@ -225,6 +272,10 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         if bad.size:
             raise ValueError(f"group ids (`group_column` of X) must be integers; got "
                              f"{bad[:3].tolist()}.")
+        big = groups[(groups < -2.0 ** 63) | (groups >= 2.0 ** 63)]
+        if big.size:
+            raise ValueError(f"group ids (`group_column` of X) must be 64-bit integers "
+                             f"(between -2**63 and 2**63 - 1); got {big[:3].tolist()}.")
         return groups.astype(np.int64), group
 
     def _fit_global(self, X, y, w):
@@ -281,7 +332,8 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                              ) from None
         if not (np.all(np.isfinite(p0_local)) and np.all(np.isfinite(p0_shared))):
             raise ValueError("`p0` must contain only finite values.")
-        self._require_traceable(self.model, _xdata(feats), n_params)
+        _check_output_shape(self._require_traceable(self.model, _xdata(feats), n_params),
+                            y.size)
         res = fit_global(self.model, _xdata(feats), y, w, group, G, local_idx, shared_idx,
                          p0_local, p0_shared, ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
                          max_nfev=self.max_nfev, pool=self.pool)
@@ -327,6 +379,15 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         m, n = y.size, p0.size
         if self.model is not None:
             _model.parameter_names(model, n)  # a p0 of the wrong length names `p0`
+        dense_model = model
+        if isinstance(self.jac_sparsity, str):
+            out, _ = _model.probe_jax(model, np.shape(xdata), n)  # untraceable: as before
+        else:
+            out = self._require_traceable(model, xdata, n)
+        if out is not None:
+            _check_output_shape(out, m)
+            if tuple(out) != (m,):
+                model = _Broadcast(model, m)
         if isinstance(self.jac_sparsity, str):
             pattern, sparsity = detect_sparsity_pattern(model, p0, xdata)
             if pattern.shape != (m, n):
@@ -335,7 +396,6 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         else:
             pattern = validate_pattern(self.jac_sparsity, m, n)
             sparsity = 1.0 - pattern.nnz / (m * n)
-            self._require_traceable(model, xdata, n)
             self._verify_pattern(model, xdata, p0, pattern)
         solver = self.tr_solver
         if solver == "schur":
@@ -347,7 +407,7 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         self.memory_usage_ = estimate_memory_usage(m, n, sparsity)
         self.tr_solver_ = solver
         if solver == "dense":
-            res = fit_curve(model, xdata, y, p0=p0, sample_weight=w ** 2, method="trf",
+            res = fit_curve(dense_model, xdata, y, p0=p0, sample_weight=w ** 2, method="trf",
                             ftol=self.ftol, xtol=self.xtol, gtol=self.gtol,
                             max_nfev=self.max_nfev, warn_cov=False, pool=self.pool,
                             stacklevel=4)
@@ -446,13 +506,15 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
     @staticmethod
     def _require_traceable(model, xdata, n):
         """The sparse solvers differentiate the model with JAX: a NumPy model
-        gets this error instead of a tracer conversion error from inside."""
-        _, exc = _model.probe_jax(model, np.shape(xdata), n)
+        gets this error instead of a tracer conversion error from inside.
+        Returns the output's shape (for scalar parameters)."""
+        out, exc = _model.probe_jax(model, np.shape(xdata), n)
         if exc is not None:
             raise TypeError(f"SparseCurveFitRegressor needs a `model` that JAX can trace "
                             f"(jax.numpy operations on the parameters); tracing failed with "
                             f"{type(exc).__name__}: {exc}. Fit NumPy models with "
                             "CurveFitRegressor.") from None
+        return out
 
     def _store_common(self, res):
         self.cost_ = res.cost

@@ -172,8 +172,28 @@ def block_arrow_covariance(blocks):
     are inf, and the group enters the shared block through the pseudo-inverse
     ``U_g^+`` (the generalised Schur complement: ``range(W_g)`` lies in
     ``range(U_g)`` for a Gram matrix), which gives the shared block of the
-    pseudo-inverse of the whole ``J^T J`` instead of NaN."""
+    pseudo-inverse of the whole ``J^T J`` instead of NaN.
+
+    The rank decisions and inverses work on the equilibrated system (every
+    column of ``J`` scaled to unit norm, zero columns left alone) and are
+    scaled back, so that a well-determined but badly scaled problem (column
+    norms many orders apart) is not taken for a singular one.
+
+    With no local parameters (``p_l = 0``) this is the pseudo-inverse of
+    ``V``, with empty local and cross blocks."""
     U, W, V = blocks
+    G, pl, pg = W.shape
+    dv = jnp.sqrt(jnp.diagonal(V))
+    dv = jnp.where(dv > 0, dv, 1.0)
+    if pl == 0:
+        Vs = V / (dv[:, None] * dv[None, :])
+        Si = jnp.linalg.pinv(Vs, hermitian=True) / (dv[:, None] * dv[None, :])
+        return Si, jnp.zeros((G, 0, 0), V.dtype), jnp.zeros((G, 0, pg), V.dtype)
+    du = jnp.sqrt(jnp.diagonal(U, axis1=1, axis2=2))  # (G, pl)
+    du = jnp.where(du > 0, du, 1.0)
+    U = U / (du[:, :, None] * du[:, None, :])
+    W = W / (du[:, :, None] * dv[None, None, :])
+    V = V / (dv[:, None] * dv[None, :])
     lam, Q = jnp.linalg.eigh(U)
     tol = (lam.shape[-1] * jnp.finfo(U.dtype).eps
            * jnp.maximum(jnp.max(jnp.abs(lam), axis=-1, keepdims=True),
@@ -187,6 +207,9 @@ def block_arrow_covariance(blocks):
     Si = jnp.linalg.pinv(S, hermitian=True)
     local = Ui + jnp.einsum("gij,jk,glk->gil", UiW, Si, UiW)
     cross = -jnp.einsum("gij,jk->gik", UiW, Si)  # cov(local_g, shared)
+    Si = Si / (dv[:, None] * dv[None, :])
+    local = local / (du[:, :, None] * du[:, None, :])
+    cross = cross / (du[:, :, None] * dv[None, None, :])
     local = jnp.where(singular[:, None, None], jnp.inf, local)
     cross = jnp.where(singular[:, None, None], jnp.inf, cross)
     return Si, local, cross
@@ -254,7 +277,11 @@ def _cg_solve(prob, vals, rows, cols, g, d2, lam, opts):
         return x, r, z, p, rz_new, k + 1
 
     x, *_ = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, jnp.dot(r0, z0), 0))
-    return x
+    # A non-finite Jacobian or gradient (NaN ``bnorm`` stops the loop at once)
+    # has no step: NaN, which the driver rejects and never takes for
+    # convergence, as it does the Schur solve's.
+    ok = jnp.isfinite(bnorm) & jnp.all(jnp.isfinite(vals)) & jnp.all(jnp.isfinite(x))
+    return jnp.where(ok, x, jnp.nan)
 
 
 # --------------------------------------------------------------------------
@@ -337,8 +364,9 @@ def sparse_solve(prob, x0, data, opts: SparseOptions) -> SparseState:
 
         x, cost, rep, g, d2, lam, nu = jax.lax.cond(accept, accepted, rejected, None)
         ftol_ok = accept & (actual <= opts.ftol * s.cost)
-        pnorm = jnp.sqrt(jnp.dot(p, p))
-        xtol_ok = pnorm <= opts.xtol * (opts.xtol + jnp.sqrt(jnp.dot(s.x, s.x)))
+        pnorm = jnp.sqrt(jnp.dot(p, p))  # NaN for a non-finite step: never xtol
+        xtol_ok = jnp.isfinite(pnorm) & (
+            pnorm <= opts.xtol * (opts.xtol + jnp.sqrt(jnp.dot(s.x, s.x))))
         gtol_ok = accept & (jnp.max(jnp.abs(g)) <= opts.gtol)
         status = jnp.where(ftol_ok & xtol_ok, 4, jnp.where(ftol_ok, 2, jnp.where(
             xtol_ok, 3, jnp.where(gtol_ok, 1, -1)))).astype(jnp.int32)

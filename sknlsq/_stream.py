@@ -59,7 +59,7 @@ from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance,
                        linearize, running, start)
 from ._solvers._losses import loss_id, static_loss
 from ._solvers._problem import loss_scale
-from ._sources import ChunkSource, _check_chunk_size, check_chunk
+from ._sources import ChunkSource, IterableSource, _check_chunk_size, check_chunk
 
 CHECKPOINT_VERSION = 2  # 2: model fingerprint by its computation, digest of chunk 0
 
@@ -581,6 +581,11 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
     if checkpoint is not None:
         _check_checkpoint_path(checkpoint)
     pool = resolve_pool(pool)
+    if isinstance(source, IterableSource):
+        # Its row count is learned from a complete pass and then checked on
+        # every other pass: a new fit learns it afresh (the data may have
+        # grown since an earlier fit of the same object).
+        source.n_samples = None
 
     # The first chunk: number of features, a valid row for padding, the plan,
     # and (for checkpoints) a digest of the raw rows of chunk 0.

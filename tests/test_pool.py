@@ -89,9 +89,9 @@ def test_whole_data_model_on_replicated_x_is_not_padded():
     x2 = np.linspace(0.0, 10.0, 30)
     y2 = 1.5 * (x2 - x2.mean()) + 3.0 + 0.1 * rng.standard_normal(x2.size)
     for xx, yy in ((x, y), (x2, y2), (np.ones(50), np.full(50, 2.0))):
-        ref = scipy_curve_fit(centred, xx, yy, p0=[1, 1])[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (constant x: covariance not estimated)
+            ref = scipy_curve_fit(centred, xx, yy, p0=[1, 1])[0]
             np.testing.assert_allclose(curve_fit(centred, xx, yy, p0=[1, 1])[0], ref,
                                        rtol=1e-7, atol=1e-12)
 

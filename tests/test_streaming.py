@@ -1326,3 +1326,23 @@ def test_partial_fit_zero_weight_chunk_is_a_no_op_and_predict_needs_arrays():
     np.testing.assert_array_equal(est.pcov_, before[1])
     with pytest.raises(TypeError, match="array-like `X`"):
         est.predict(ArraySource(X, y))
+
+
+def test_a_reused_iterable_source_learns_its_size_again():
+    """An IterableSource learns its row count from a complete pass; a later fit
+    of the same object after the data grew failed with 'this pass gave 2000
+    rows but an earlier one gave 1000'. A new fit learns the size afresh."""
+    X, y = _data(2000)
+    store = {"n": 1000}
+
+    def read():
+        for i in range(0, store["n"], 250):
+            yield X[i:min(i + 250, store["n"])], y[i:min(i + 250, store["n"])]
+
+    src = IterableSource(read)
+    est = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=128).fit(src)
+    assert est.n_points_ == 1000
+    store["n"] = 2000
+    est.fit(src)
+    ref = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=128).fit(X, y)
+    assert est.n_points_ == 2000 and _rel(est.params_, ref.params_) < 1e-10

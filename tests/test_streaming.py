@@ -308,8 +308,9 @@ def test_missing_file_and_dataset(tmp_path):
 
 def test_bad_settings_are_named():
     X, y = _data()
-    with pytest.raises(ValueError, match="chunk_size"):
-        StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=0).fit(X, y)
+    for bad in (0, True):  # True is an int to scikit-learn's validation
+        with pytest.raises(ValueError, match="chunk_size"):
+            StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=bad).fit(X, y)
     with pytest.raises(ValueError, match="p0"):
         fit_chunked(gauss, ArraySource(X, y), p0=[np.nan, 1, 1, 1])
     with pytest.raises(TypeError, match="source"):

@@ -22,7 +22,8 @@ from sklearn.utils.validation import (check_array, check_consistent_length,
 
 from .._fit import _bucket, point_scale_key
 from .._pool import MemoryPool
-from .._sources import ArraySource, ChunkSource, IterableSource, _is_h5py_dataset, as_source
+from .._sources import (ArraySource, ChunkSource, IterableSource, _check_chunk_size,
+                        _is_h5py_dataset, as_source)
 from .._stream import (OnlineState, _check_checkpoint_path, _settings_check,
                        covariance_from_R, fit_chunked, online_update)
 from ._curve_fit import _checked_weights, _ModelMixin, _xdata
@@ -273,7 +274,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
             X, y = self._validate_xy(X, y, reset=True)
             source = ArraySource(X, y, self._checked_weights(sample_weight, X))
             n_samples = X.shape[0]
-        chunk_size = int(self.chunk_size)
+        chunk_size = _check_chunk_size(self.chunk_size)  # (refuses True, as checkpoint_every)
         if n_samples is not None:  # no chunk larger than the data needs
             chunk_size = min(chunk_size, _bucket(max(int(n_samples), 1)))
         nf = self._features_of(source)

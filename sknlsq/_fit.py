@@ -94,7 +94,8 @@ def _rows_independent(f, host, x, axis, p0):
     or neighbouring rows: ``np.gradient(x)``), and the same values with 8
     copies of the last row appended; the last 8 rows of the data must also
     keep their values with 8 copies of the last row appended, as padding
-    appends them. Data with fewer than 4 distinct rows cannot show a
+    appends them. Fewer than 16 distinct rows are repeated in runs (the
+    halves still differ). Data whose rows are all equal cannot show a
     dependence on other rows (a model centring ``x`` on its mean passes any
     test on equal rows): they get False (no padding, no chunks) and no
     cached verdict. A verdict from distinct rows is cached per model and
@@ -108,8 +109,14 @@ def _rows_independent(f, host, x, axis, p0):
     x = np.asarray(x, dtype=np.float64)
     m = x.shape[axis]
     order = _distinct_rows(x, axis, _ROW_CHECK_ROWS)
-    if order.size < 4:
+    if order.size < 2:
         return False
+    if order.size < _ROW_CHECK_ROWS:
+        # Few distinct rows (binary or dose-level x): runs of each in data
+        # order, so that the halves hold different values (a 2-level x gives
+        # 8 + 8 rows; levels 0..4 give halves {0, 1} and {2, 3}).
+        order = np.repeat(np.sort(order), -(-_ROW_CHECK_ROWS // order.size))
+        order = order[:_ROW_CHECK_ROWS]
 
     def rows(a, idx):
         return np.take(a, idx, axis=axis)

@@ -185,7 +185,7 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
     if res.method == "lm":
         ier = _MINPACK_FROM_COMMON[res.status]
         mesg = _minpack_message(ier, ftol, xtol, gtol or 0.0,
-                                max_nfev if max_nfev is not None else res.nfev)
+                                int(max_nfev) if max_nfev is not None else res.nfev)
     else:
         ier, mesg = res.status, res.message
     if verbose:
@@ -221,7 +221,7 @@ def _curve_fit_batch(f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, b
                 if int(status) in _MINPACK_FROM_COMMON:
                     ier[k] = _MINPACK_FROM_COMMON[int(status)]
                     mesg[k] = _minpack_message(ier[k], ftol, xtol, gtol or 0.0,
-                                               max_nfev if max_nfev is not None
+                                               int(max_nfev) if max_nfev is not None
                                                else int(res.nfev[k]))
         return res.params, res.pcov, infodict, mesg, ier
     return res.params, res.pcov

@@ -220,7 +220,10 @@ class _Reader:
             if self._whole and self.expected_rows is not None:
                 self._check_rows(self._rows, self._valid, checksum)
             if checksum is not None:
-                if self.pass_checksum is not None and checksum != self.pass_checksum:
+                # Within one fit only the values count, not their order (a
+                # source may shuffle its rows per pass): the order-free half.
+                if (self.pass_checksum is not None
+                        and checksum[:16] != self.pass_checksum[:16]):
                     raise ValueError("the data source gave other values in this pass than "
                                      "in an earlier pass of the same fit (same size): a "
                                      "source must yield the same data on every pass.")

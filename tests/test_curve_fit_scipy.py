@@ -790,3 +790,16 @@ def test_inputs_scipy_accepts_p0_of_any_shape_and_integral_float_max_nfev():
     for bad in (0.5, True, 0):
         with pytest.raises(ValueError, match="max_nfev"):
             curve_fit(lambda x, a: a * x, x, y, max_nfev=bad, method="trf")
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_lm_with_an_integral_float_maxfev(batch):
+    """max_nfev / maxfev = 100.0 is accepted; the MINPACK message formatted it
+    with ':d' and crashed after the fit."""
+    x = np.linspace(0, 4, 30)
+    y = 2 * np.exp(-0.5 * x)
+    Y = np.stack([y, y]) if batch else y
+    for kw in (dict(max_nfev=100.0), dict(maxfev=100.0)):
+        popt = curve_fit(lambda x, a, b: a * jnp.exp(-b * x), x, Y, p0=[1, 1], batch=batch,
+                         **kw)[0]
+        np.testing.assert_allclose(np.reshape(popt, (-1, 2))[0], [2, 0.5], rtol=1e-8)

@@ -333,3 +333,31 @@ def test_clone_shares_the_pool():
     pool = MemoryPool()
     est = CurveFitRegressor(decay, p0=[1, 1, 0], pool=pool)
     assert clone(est).pool is pool and copy.deepcopy(pool) is pool
+
+
+def test_few_distinct_x_values_keep_padding_and_dependence_is_still_seen():
+    """A binary or 3-level x (an A/B test, dose levels) has fewer distinct
+    rows than the row-independence check uses: such data lost padding (one
+    compile per length) and the large-data chunked path. Runs of each level
+    keep the halves different, so a plain model is padded and a model
+    centring x on its mean is still not."""
+    from scipy.optimize import curve_fit as scipy_curve_fit
+
+    def line(x, a, b):
+        return a + b * x
+
+    def centred(x, a, b):
+        return a + b * (x - x.mean())
+
+    for levels in (2, 3):
+        pool = MemoryPool()
+        compiles = []
+        for m in (900, 1000, 1033):
+            x = np.arange(m, dtype=float) % levels
+            curve_fit(line, x, 1 + 2 * x, p0=[0.5, 0.5], pool=pool)
+            compiles.append(pool.get_stats()["compiles"])
+        assert compiles == [1, 1, 1], (levels, compiles)
+        x = np.sort(np.arange(101, dtype=float) % levels)
+        y = 3.0 + 1.5 * (x - x.mean()) + 0.01 * np.sin(np.arange(x.size))
+        ref = scipy_curve_fit(centred, x, y, p0=[1, 1])[0]
+        np.testing.assert_allclose(curve_fit(centred, x, y, p0=[1, 1])[0], ref, rtol=1e-7)

@@ -1347,3 +1347,22 @@ def test_a_reused_iterable_source_learns_its_size_again():
     est.fit(src)
     ref = StreamingCurveFitRegressor(gauss, p0=P0, chunk_size=128).fit(X, y)
     assert est.n_points_ == 2000 and _rel(est.params_, ref.params_) < 1e-10
+
+
+def test_a_source_may_shuffle_its_rows_between_passes():
+    """Within one fit only the values of a pass must agree, not their order:
+    a source that reshuffles its rows per pass fits like the arrays (the
+    between-pass check compares the order-free half of the checksum)."""
+    X, y = _data(3000)
+    rng = np.random.default_rng(1)
+
+    def shuffled():
+        idx = rng.permutation(y.size)
+        for i in range(0, y.size, 700):
+            j = idx[i:i + 700]
+            yield X[j], y[j]
+
+    est = StreamingCurveFitRegressor(gauss, p0=P0, ftol=1e-12, xtol=1e-12).fit(
+        IterableSource(shuffled))
+    ref = StreamingCurveFitRegressor(gauss, p0=P0, ftol=1e-12, xtol=1e-12).fit(X, y)
+    assert _rel(est.params_, ref.params_) < 1e-8

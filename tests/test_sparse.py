@@ -261,6 +261,14 @@ def test_global_fit_covariance_with_weightless_or_degenerate_groups():
     est = SparseCurveFitRegressor(decay, **kw).fit(X, y, sample_weight=w)
     assert np.isfinite(est.perr_[0]) and np.all(np.isinf(est.local_pcov_[3]))
     assert np.all(np.isfinite(est.local_pcov_[np.arange(G) != 3]))
+    # ... and its rows and local parameters leave the degrees of freedom, as
+    # if the group had been left out (its parameters counted: 1.9% larger).
+    keep = g != 3
+    Xk = np.column_stack([t[keep], np.unique(g[keep], return_inverse=True)[1]])
+    left_out = SparseCurveFitRegressor(decay, **kw).fit(Xk, y[keep])
+    np.testing.assert_allclose(est.shared_params_, left_out.shared_params_, rtol=1e-8)
+    np.testing.assert_allclose(np.sqrt(np.diag(est.shared_pcov_)),
+                               np.sqrt(np.diag(left_out.shared_pcov_)), rtol=1e-6)
 
     t2 = t.copy()
     t2[g == 3] = 1.0  # constant feature in group 3: its amp and off are collinear

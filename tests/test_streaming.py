@@ -1366,3 +1366,16 @@ def test_a_source_may_shuffle_its_rows_between_passes():
         IterableSource(shuffled))
     ref = StreamingCurveFitRegressor(gauss, p0=P0, ftol=1e-12, xtol=1e-12).fit(X, y)
     assert _rel(est.params_, ref.params_) < 1e-8
+
+
+def test_n_iter_counts_the_partial_fit_chunks_after_a_fit():
+    """n_iter_ is the solver's iterations for fit and the number of chunks
+    partial_fit has seen; after fit then partial_fit it was fit's count + 1."""
+    X, y = _data(600)
+    est = StreamingCurveFitRegressor(gauss, p0=P0).fit(X, y)
+    est.partial_fit(X[:300], y[:300])
+    est.partial_fit(X[300:], y[300:])
+    assert est.n_iter_ == 2
+    est.fit(X, y)
+    est.partial_fit(X[:300], y[:300])
+    assert est.n_iter_ == 1

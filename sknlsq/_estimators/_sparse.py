@@ -341,8 +341,13 @@ class SparseCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         # Degrees of freedom: zero-weight samples are not data (as in the
         # other estimators, and as if they had been left out).
         m = y.size if w is None else int(np.count_nonzero(w))
+        # A group whose samples all have zero weight is left out, its local
+        # parameters too (they are undetermined: inf).
+        seen = G if w is None else int(np.count_nonzero(np.bincount(group, weights=w > 0,
+                                                                    minlength=G)))
         n = pg + G * pl
-        s2 = 2.0 * res.cost / (m - n) if m > n else np.inf
+        n_dof = pg + seen * pl
+        s2 = 2.0 * res.cost / (m - n_dof) if m > n_dof else np.inf
         self.groups_ = groups
         self.local_param_names_ = tuple(names[k] for k in local_idx)
         self.shared_param_names_ = tuple(names[k] for k in shared_idx)

@@ -305,6 +305,7 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
         self.perr_ = res.perr
         self.cost_ = res.cost
         self.n_iter_ = res.nit
+        self._partial_chunks = 0  # partial_fit calls since this fit
         self.nfev_ = res.nfev
         self.status_ = res.status
         self.message_ = res.message
@@ -455,7 +456,9 @@ class StreamingCurveFitRegressor(_ModelMixin, RegressorMixin, BaseEstimator):
                                        self.absolute_sigma)
         self.perr_ = np.sqrt(np.diag(self.pcov_))
         self.cost_ = 0.5 * new.rss
-        self.n_iter_ = (0 if first_call else getattr(self, "n_iter_", 0)) + 1
+        # The chunks seen by partial_fit (since the first call, or the last fit).
+        self._partial_chunks = (0 if first_call else getattr(self, "_partial_chunks", 0)) + 1
+        self.n_iter_ = self._partial_chunks
         self.nfev_ = (0 if first_call else getattr(self, "nfev_", 0)) + nfev
         self.status_ = status
         self.message_ = ""

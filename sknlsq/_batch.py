@@ -381,17 +381,15 @@ def _batch_covariance(R, cost, m, n, method, absolute_sigma):
     _, s, VT = np.linalg.svd(R[ok])
     thr = EPS * np.maximum(m[ok], n)[:, None] * s[:, :1]
     keep = s > thr
-    inv = np.where(keep, 1.0 / np.where(keep, s, 1.0) ** 2, 0.0)
-    pc = np.einsum("kji,kj,kjl->kil", VT, inv, VT)
     good = np.ones(ok.sum(), dtype=bool)
     if method == "lm":  # leastsq's rule: scale-invariant (see _fit._covariance)
         mm = np.maximum(m[ok], n)
         for k in np.flatnonzero(~keep.all(axis=1)):
             if _full_rank_equilibrated(s[k], VT[k], mm[k]):
                 keep[k] = s[k] > 0
-                inv_k = np.where(keep[k], 1.0 / np.where(keep[k], s[k], 1.0) ** 2, 0.0)
-                pc[k] = (VT[k].T * inv_k) @ VT[k]
         good &= keep.all(axis=1)
+    inv = np.where(keep, 1.0 / np.where(keep, s, 1.0) ** 2, 0.0)
+    pc = np.einsum("kji,kj,kjl->kil", VT, inv, VT)
     if not absolute_sigma:
         dof = m[ok] - n
         good &= dof > 0

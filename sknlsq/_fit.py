@@ -443,6 +443,18 @@ def _as_float_array(a, name, check_finite):
     return arr
 
 
+def check_points_for_method(method, n, m):
+    """scipy's rule: only 'lm' (MINPACK) needs M >= N, with scipy's messages;
+    'trf' and 'dogbox' solve underdetermined problems (the covariance is then
+    inf). ``method`` resolved ('lm' for None without bounds)."""
+    if method == "lm" and n > m:
+        if m != 1:
+            raise TypeError(f"The number of func parameters={n} must not exceed the number "
+                            f"of data points={m}")
+        raise TypeError(f"Improper input: func input vector length N={n} must not exceed "
+                        f"func output vector length M={m}")
+
+
 def _check_tolerances(ftol, xtol, gtol, method):
     vals = {}
     for name, tol in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
@@ -770,14 +782,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
     # image raveled into ydata, a grid the model expands) is scipy's too: the
     # fit then runs at the exact shape (no padding, no chunks), and a model
     # whose output does not match ydata gets the shape error.
-    # scipy: only 'lm' (MINPACK) needs M >= N; trf and dogbox solve
-    # underdetermined problems (the covariance is then inf).
-    if method == "lm" and n > m:
-        if m != 1:
-            raise TypeError(f"The number of func parameters={n} must not exceed the number "
-                            f"of data points={m}")
-        raise TypeError(f"Improper input: func input vector length N={n} must not exceed "
-                        f"func output vector length M={m}")
+    check_points_for_method(method, n, m)
 
     weighting = "diag"
     L = None

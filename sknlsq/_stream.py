@@ -53,7 +53,7 @@ from . import _model
 from ._config import compile_lowered, x64, x64_in_callback_thread
 from ._fit import (DEFAULT_REFINE, FitResult, _check_common, _covariance,
                    _initialize_feasible, _make_problem, _plan, _prepare_bounds,
-                   _resolve_solver, point_scale_key)
+                   _resolve_solver, check_points_for_method, point_scale_key)
 from ._pool import resolve_pool
 from ._solvers import (MESSAGES, NONFINITE_X0, ChunkedProblem, Options, advance, finish,
                        linearize, running, start)
@@ -609,15 +609,8 @@ def fit_chunked(model, source, *, p0=None, bounds=(-np.inf, np.inf), method=None
     st["point_scale"] = point_scale_key(st["loss"], first.sample_weight is not None)
     n = st["n"]
     m = source.n_samples
-    # scipy's rule, as in fit_curve: only 'lm' (MINPACK) needs M >= N (after
-    # method=None is resolved: 'lm' without bounds); 'trf' and 'dogbox' solve
-    # underdetermined problems (the covariance is then inf).
-    if st["method"] == "lm" and m is not None and n > m:
-        if m != 1:
-            raise TypeError(f"The number of func parameters={n} must not exceed the number "
-                            f"of data points={m}")
-        raise TypeError(f"Improper input: func input vector length N={n} must not exceed "
-                        f"func output vector length M={m}")
+    if m is not None:
+        check_points_for_method(st["method"], n, m)
     fill_x = first.X.reshape(first.n_rows, -1)[0]
     xsample = np.repeat(fill_x[None, :], cs, axis=0)
     xsample = xsample[:, 0] if nf == 1 else np.ascontiguousarray(xsample.T)

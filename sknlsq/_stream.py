@@ -695,6 +695,18 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
     multipliers ``sqrt(sample_weight)`` of ``f_scale`` (sample weights as
     frequencies); pass ``weights`` itself (the same object) where they are
     equal, which adds no array. None: one ``f_scale``.
+
+    Subsample warm start: with at least ``_SUBSET_CHUNKS`` chunks'
+    worth of rows in a systematic subsample (every ``stride``-th row,
+    ``stride`` a prime >= 3, at least ``_SUBSET_MIN_ROWS`` rows) and a budget
+    of ``max_nfev >= _SUBSET_MIN_NFEV``, the same compiled program first
+    solves the problem on that subsample (passes cost 1/stride of a full
+    one), then solves the full problem from its answer, which takes a few
+    full passes instead of the whole descent from ``p0``. The answer is the
+    full problem's, converged by the usual tests; only the starting point of
+    the full solve differs. ``nfev``/``njev``/``nit`` count both phases and
+    stay within ``max_nfev`` (the subsample gets a quarter of it, and is
+    discarded if it does not converge).
     """
     cs = _check_chunk_size(chunk_size)
     pool = resolve_pool(pool)
@@ -724,11 +736,20 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
                         "2-point", None, False, st["p0"], st["lb"], st["ub"], -1,
                         stacklevel + 1)
         data, offsets = _aligned_data(x, y, w, cs, s)
+        stride = _subset_stride(M, cs, int(st["opts"].max_nfev))
+        m_sub = None
+        if stride is not None:
+            data.update(_subset_data(x, y, w, s, stride))
+            data["subset"] = np.bool_(False)
+            m_sub = data["y_sub"].shape[0]
         progs = _chunked_programs(pool, plan, st, int(refine), ("chunked-device", cs, offsets),
-                                  partial(_device_reader, cs, M, offsets), data, None,
+                                  partial(_device_reader, cs, M, offsets, m_sub), data, None,
                                   whole=True)
         _model.reset_host_error(model)
-        sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
+        if stride is None:
+            sol, _ = _run_segments(progs, st, data, None, None, None, cs, None, int(refine))
+        else:
+            sol = _subset_then_full(progs, st["n"], m_sub)
     host_exc = _model.pop_host_error()
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
@@ -740,6 +761,73 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
 
 
 _ALIGN = 64  # bytes: the CPU runtime aliases host buffers aligned to this, else copies
+
+# Subsample warm start of large in-memory fits (see fit_in_chunks): the
+# subsample holds about this many chunks (and at least _SUBSET_MIN_ROWS
+# rows); strides below _SUBSET_MIN_STRIDE save too little to pay for the
+# extra start-up, budgets below _SUBSET_MIN_NFEV are kept for the full solve.
+_SUBSET_CHUNKS = 3
+_SUBSET_MIN_ROWS = 1 << 18
+_SUBSET_MIN_STRIDE = 3
+_SUBSET_MIN_NFEV = 40
+
+
+def _subset_stride(M, cs, max_nfev):
+    """Row stride of the warm-start subsample of ``M`` rows in chunks of
+    ``cs``, or None for no subsample: the largest prime not above
+    ``M / (_SUBSET_CHUNKS cs)`` and ``M / _SUBSET_MIN_ROWS`` (a prime, so
+    that data laid out with a period, a grid repeated per sensor or per
+    scan, are sampled across the period), if at least _SUBSET_MIN_STRIDE."""
+    if max_nfev < _SUBSET_MIN_NFEV:
+        return None
+    s = min(M // (_SUBSET_CHUNKS * cs), M // _SUBSET_MIN_ROWS)
+    while s >= _SUBSET_MIN_STRIDE and any(s % d == 0 for d in range(2, int(s ** 0.5) + 1)):
+        s -= 1
+    return s if s >= _SUBSET_MIN_STRIDE else None
+
+
+def _aligned_copy(a):
+    """A C-contiguous copy of ``a`` starting on an _ALIGN-byte boundary (so
+    that the compiled call reads it in place)."""
+    a = np.asarray(a)
+    pad = _ALIGN // a.itemsize
+    buf = np.empty(a.size + pad, a.dtype)
+    off = (-buf.ctypes.data % _ALIGN) // a.itemsize
+    out = buf[off:off + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _subset_data(x, y, w, s, stride):
+    """Every ``stride``-th row of the arrays of an in-memory chunked fit, as
+    the ``*_sub`` entries of its data (a scalar weight stays shared)."""
+    out = {"x_sub": _aligned_copy(x[..., ::stride]), "y_sub": _aligned_copy(y[::stride])}
+    if np.ndim(w) == 1:
+        out["w_sub"] = _aligned_copy(w[::stride])
+    if s is not None:
+        out["s_sub"] = _aligned_copy(s[::stride])
+    return out
+
+
+def _subset_then_full(progs, n, m_sub):
+    """Run the whole-solve program of :func:`fit_in_chunks` on the subsample,
+    then on all rows from its answer (from ``p0`` where the subsample's
+    solve did not converge); counts are the sums of both solves."""
+    prog, _, args, _ = progs
+    x0, data, lb, ub, xs, opts = args
+    budget = int(opts.max_nfev)
+    sub = dict(data, subset=np.bool_(True), m=np.float64(m_sub))
+    _, _, packed = prog(x0, sub, lb, ub, xs, opts._replace(max_nfev=np.int32(budget // 4)))
+    first = _unpack_small(np.asarray(packed), n, m_sub)
+    nfev1, njev1, nit1, status1 = first["counts"]
+    if status1 > 0 and np.all(np.isfinite(first["x"])):
+        x0 = np.asarray(first["x"], dtype=x0.dtype)
+    _, _, packed = prog(x0, data, lb, ub, xs,
+                        opts._replace(max_nfev=np.int32(budget - nfev1)))
+    sol = _unpack_small(np.asarray(packed), n, data["m"])
+    nfev, njev, nit, status = sol["counts"]
+    sol["counts"] = (nfev + nfev1, njev + njev1, nit + nit1, status)
+    return sol
 
 
 def _aligned_data(x, y, w, cs, s=None):
@@ -773,9 +861,27 @@ def _aligned_data(x, y, w, cs, s=None):
     return data, tuple(offsets)
 
 
-def _device_reader(cs, M, offsets):
-    """Chunk ``k`` of in-memory data laid out by :func:`_aligned_data`."""
+def _device_reader(cs, M, offsets, m_sub=None):
+    """Chunk ``k`` of in-memory data laid out by :func:`_aligned_data`; with
+    ``m_sub``, of the warm-start subsample (``*_sub`` entries, ``m_sub``
+    rows) where ``data["subset"]`` is true."""
     offs = dict(zip(("x", "y", "w", "s"), offsets))
+    if m_sub is not None:
+        read_all = _device_reader(cs, M, offsets)
+
+        def read_subset(k, data):
+            first = k * cs
+            start = jnp.minimum(first, m_sub - cs)
+            fresh = start + jnp.arange(cs) >= first
+            c = {}
+            for name in offs:
+                a = data.get(name + "_sub", data[name])
+                c[name] = (jnp.broadcast_to(a, (cs,)) if a.ndim == 0 else
+                           jax.lax.dynamic_slice_in_dim(a, start, cs, axis=-1))
+            c["w"] = jnp.where(fresh, c["w"], 0.0)
+            return c, first + cs < m_sub
+
+        return lambda k, data: jax.lax.cond(data["subset"], read_subset, read_all, k, data)
 
     def read(k, data):
         first = k * cs

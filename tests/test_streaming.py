@@ -23,6 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from nist_strd import MODELS, NAMES, digits, load
 from sknlsq import (ArraySource, CurveFitRegressor, HDF5Source, IterableSource,
                     JaxFallbackWarning, StreamingCurveFitRegressor, curve_fit)
+from sknlsq._fit import fit_curve
 from sknlsq._stream import fit_chunked, fit_in_chunks
 
 
@@ -96,6 +97,136 @@ def test_chunked_in_memory_engine_matches_curve_fit():
                         ftol=1e-12, xtol=1e-12)
     assert _rel(res.params, popt) < 1e-8
     assert _rel(res.pcov, pcov) < 1e-6
+
+
+@pytest.fixture
+def small_subsample(monkeypatch):
+    """Subsample warm starts of fit_in_chunks for small data (the default
+    needs 2^18 rows in the subsample); records each two-phase solve."""
+    from sknlsq import _stream
+
+    monkeypatch.setattr(_stream, "_SUBSET_MIN_ROWS", 256)
+    calls = []
+    original = _stream._subset_then_full
+
+    def spy(progs, n, m_sub):
+        calls.append(m_sub)
+        return original(progs, n, m_sub)
+
+    monkeypatch.setattr(_stream, "_subset_then_full", spy)
+    return calls
+
+
+def _no_subsample(monkeypatch):
+    from sknlsq import _stream
+
+    monkeypatch.setattr(_stream, "_SUBSET_MIN_ROWS", 1 << 60)
+
+
+@pytest.mark.parametrize("case", ["lm", "trf-bounds", "dogbox", "weights", "soft_l1-weights",
+                                  "two-features", "sorted-x"])
+def test_subsample_warm_start_gives_the_full_data_fit(small_subsample, case):
+    """A large in-memory fit first solves on every stride-th row, then on all
+    rows from that answer: the result is scipy's fit of all rows (the
+    subsample only moves the starting point), with the covariance of all
+    rows, and the reported evaluations of both phases stay in the budget."""
+    rng = np.random.default_rng(7)
+    m = 20_011
+    X, y = _data(m, sort=case == "sorted-x")
+    x = X[:, 0]
+    kw = dict(p0=P0, ftol=1e-13, xtol=1e-13)
+    model, model_np = gauss, lambda x, a, mu, s, c: a * np.exp(-0.5 * ((x - mu) / s) ** 2) + c
+    w = None
+    sp = dict(kw)
+    if case == "trf-bounds":
+        kw.update(method="trf", bounds=([0, 0, 0.1, -5], [10, 10, 5, 5]))
+        sp.update(method="trf", bounds=kw["bounds"], gtol=1e-13)
+    elif case == "dogbox":
+        kw.update(method="dogbox", bounds=([0, 0, 0.1, -5], [10, 10, 5, 5]))
+        sp.update(method="dogbox", bounds=kw["bounds"], gtol=1e-13)
+    elif case in ("weights", "soft_l1-weights"):
+        w = rng.uniform(0.5, 2.0, m)
+    elif case == "two-features":
+        x = np.vstack([rng.uniform(0, 4, m), rng.uniform(-1, 1, m)])
+        y = 2 * np.exp(-0.8 * x[0]) + 0.3 * x[1] + 0.02 * rng.normal(size=m)
+        model = plane_decay
+        model_np = lambda x, a, b, c: a * np.exp(-b * x[0]) + c * x[1]  # noqa: E731
+        kw["p0"] = sp["p0"] = [1.0, 1.0, 0.0]
+    if case == "soft_l1-weights":
+        # Frequency weights with a robust loss: the reference is the dense
+        # fit (itself checked against scipy on repeated rows elsewhere).
+        kw.update(method="trf", loss="soft_l1", f_scale=0.05)
+        ref = fit_curve(model, x, y, sample_weight=w, gtol=1e-13, **kw).params
+        res = fit_in_chunks(model, x, y, np.sqrt(w), point_scale=np.sqrt(w), chunk_size=512,
+                            gtol=1e-13, **kw)
+    else:
+        ref, ref_pcov = scipy.optimize.curve_fit(
+            model_np, x, y, sigma=None if w is None else 1 / np.sqrt(w), **sp)
+        res = fit_in_chunks(model, x, y, None if w is None else np.sqrt(w), chunk_size=512,
+                            **kw)
+        # (scipy's covariance comes from a finite-difference Jacobian)
+        assert _rel(np.sqrt(np.diag(res.pcov)), np.sqrt(np.diag(ref_pcov))) < 1e-6
+    assert small_subsample and small_subsample[0] < m / 5  # the warm start ran
+    assert res.success
+    assert _rel(res.params, ref) < 1e-8
+    assert res.nfev <= 100 * len(kw["p0"]) * (len(kw["p0"]) + 1)
+
+
+def test_subsample_warm_start_survives_an_aliased_subsample(small_subsample):
+    """x repeating with a period equal to the stride: the subsample sees one
+    x value only (a degenerate fit). The full solve still reaches the fit of
+    all rows."""
+    from sknlsq import _stream
+
+    stride = _stream._subset_stride(20_020, 512, 1000)
+    assert stride == 13  # a prime
+    x = np.tile(np.linspace(0, 10, stride), 20_020 // stride)
+    rng = np.random.default_rng(2)
+    y = 3 * np.exp(-0.5 * ((x - 5) / 1.2) ** 2) + 0.5 + 0.05 * rng.normal(size=x.size)
+    ref = scipy.optimize.curve_fit(
+        lambda x, a, mu, s, c: a * np.exp(-0.5 * ((x - mu) / s) ** 2) + c, x, y, p0=P0,
+        ftol=1e-13, xtol=1e-13)[0]
+    for method in ("lm", "trf"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = fit_in_chunks(gauss, x, y, None, chunk_size=512, p0=P0, method=method,
+                                ftol=1e-13, xtol=1e-13)
+        assert np.ptp(x[::stride]) == 0
+        assert _rel(res.params, ref) < 1e-8
+    assert len(small_subsample) == 2
+
+
+def test_subsample_warm_start_that_does_not_converge_is_dropped(small_subsample,
+                                                                monkeypatch):
+    """The subsample's solve gets a quarter of ``max_nfev``; where that does
+    not converge, the full solve starts from ``p0`` with the rest, and the
+    counts of both stay within ``max_nfev``."""
+    from sknlsq import _stream
+
+    monkeypatch.setattr(_stream, "_SUBSET_MIN_NFEV", 8)
+    X, y = _data()
+    kw = dict(p0=P0, chunk_size=512, ftol=1e-13, xtol=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fit_in_chunks(gauss, X[:, 0], y, None, max_nfev=12, **kw)
+        assert small_subsample
+        _no_subsample(monkeypatch)
+        plain = fit_in_chunks(gauss, X[:, 0], y, None, max_nfev=9, **kw)
+    # 3 subsample trials, then exactly the plain solve from p0 with the rest.
+    assert res.nfev == 3 + plain.nfev <= 12
+    assert res.status == plain.status
+    assert np.array_equal(res.params, plain.params)
+
+
+def test_subsample_needs_enough_rows_and_budget():
+    from sknlsq import _stream
+
+    cs = 1 << 18
+    assert _stream._subset_stride(10_000_000, cs, 2000) == 11
+    assert _stream._subset_stride(10_000_000, cs, 39) is None  # a small budget is kept whole
+    assert _stream._subset_stride(2_000_000, cs, 2000) is None  # stride 2: not worth it
+    assert _stream._subset_stride(3_000_000, cs, 2000) == 3
+    assert _stream._subset_stride(100, 10, 2000) is None  # subsample under 2^18 rows
 
 
 def test_rank_deficient_jacobian_in_chunks_matches_scipy():

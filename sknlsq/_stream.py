@@ -358,6 +358,9 @@ class ChunkedFitResult(FitResult):
     points_per_second: float = float("nan")  # over the passes of this run
     resumed: bool = False
     R: np.ndarray | None = None  # R factor of the (loss-scaled) Jacobian at params
+    # Trial evaluations of the subsample warm start (fit_in_chunks), each on
+    # 1/stride of the rows; not counted in nfev. 0: no subsample.
+    subsample_nfev: int = 0
 
 
 def _settings_check(model, p0, bounds, method, loss, f_scale, x_scale, ftol, xtol, gtol,
@@ -704,9 +707,13 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
     one), then solves the full problem from its answer, which takes a few
     full passes instead of the whole descent from ``p0``. The answer is the
     full problem's, converged by the usual tests; only the starting point of
-    the full solve differs. ``nfev``/``njev``/``nit`` count both phases and
-    stay within ``max_nfev`` (the subsample gets a quarter of it, and is
-    discarded if it does not converge).
+    the full solve differs (so from a poor ``p0`` on a problem with several
+    minima it may end in another one, as any other path from ``p0`` could).
+    ``nfev``/``njev``/``nit`` and ``max_nfev`` are those of the full solve,
+    as without the subsample; the subsample's solve gets a quarter of
+    ``max_nfev`` and its evaluations are reported as ``subsample_nfev``.
+    It is dropped (the full solve starts from ``p0``) where it does not
+    converge or its answer gives non-finite residuals on all rows.
     """
     cs = _check_chunk_size(chunk_size)
     pool = resolve_pool(pool)
@@ -757,7 +764,7 @@ def fit_in_chunks(model, xdata, ydata, weights, *, chunk_size, stacklevel=2, poo
     if m_dof is None:
         m_dof = M if weights is None else int(np.count_nonzero(w))
     return _result(sol, st, m_dof, absolute_sigma, passes=0, points_per_second=float("nan"),
-                   resumed=False)
+                   resumed=False, subsample_nfev=sol.get("subsample_counts", (0,))[0])
 
 
 _ALIGN = 64  # bytes: the CPU runtime aliases host buffers aligned to this, else copies
@@ -811,22 +818,29 @@ def _subset_data(x, y, w, s, stride):
 
 def _subset_then_full(progs, n, m_sub):
     """Run the whole-solve program of :func:`fit_in_chunks` on the subsample,
-    then on all rows from its answer (from ``p0`` where the subsample's
-    solve did not converge); counts are the sums of both solves."""
+    then on all rows from its answer. The full solve starts from ``p0``
+    instead where the subsample's solve did not converge, or where its
+    answer gives non-finite residuals on all rows (a point outside the
+    model's domain that the subsample did not reach). The full solve always
+    has the whole ``max_nfev``; the subsample's solve gets a quarter of it,
+    and its counts (evaluations on 1/stride of the rows) are returned apart,
+    as ``sol["subsample_counts"]``."""
     prog, _, args, _ = progs
-    x0, data, lb, ub, xs, opts = args
+    p0, data, lb, ub, xs, opts = args
     budget = int(opts.max_nfev)
     sub = dict(data, subset=np.bool_(True), m=np.float64(m_sub))
-    _, _, packed = prog(x0, sub, lb, ub, xs, opts._replace(max_nfev=np.int32(budget // 4)))
+    _, _, packed = prog(p0, sub, lb, ub, xs,
+                        opts._replace(max_nfev=np.int32(max(budget // 4, 1))))
     first = _unpack_small(np.asarray(packed), n, m_sub)
-    nfev1, njev1, nit1, status1 = first["counts"]
-    if status1 > 0 and np.all(np.isfinite(first["x"])):
-        x0 = np.asarray(first["x"], dtype=x0.dtype)
-    _, _, packed = prog(x0, data, lb, ub, xs,
-                        opts._replace(max_nfev=np.int32(budget - nfev1)))
+    x0 = p0
+    if first["counts"][3] > 0 and np.all(np.isfinite(first["x"])):
+        x0 = np.asarray(first["x"], dtype=p0.dtype)
+    _, _, packed = prog(x0, data, lb, ub, xs, opts)
     sol = _unpack_small(np.asarray(packed), n, data["m"])
-    nfev, njev, nit, status = sol["counts"]
-    sol["counts"] = (nfev + nfev1, njev + njev1, nit + nit1, status)
+    if sol["counts"][3] == NONFINITE_X0 and x0 is not p0:
+        _, _, packed = prog(p0, data, lb, ub, xs, opts)
+        sol = _unpack_small(np.asarray(packed), n, data["m"])
+    sol["subsample_counts"] = first["counts"]
     return sol
 
 

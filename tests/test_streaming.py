@@ -170,6 +170,7 @@ def test_subsample_warm_start_gives_the_full_data_fit(small_subsample, case):
     assert res.success
     assert _rel(res.params, ref) < 1e-8
     assert res.nfev <= 100 * len(kw["p0"]) * (len(kw["p0"]) + 1)
+    assert res.subsample_nfev > 0
 
 
 def test_subsample_warm_start_survives_an_aliased_subsample(small_subsample):
@@ -199,23 +200,66 @@ def test_subsample_warm_start_survives_an_aliased_subsample(small_subsample):
 def test_subsample_warm_start_that_does_not_converge_is_dropped(small_subsample,
                                                                 monkeypatch):
     """The subsample's solve gets a quarter of ``max_nfev``; where that does
-    not converge, the full solve starts from ``p0`` with the rest, and the
-    counts of both stay within ``max_nfev``."""
+    not converge, the full solve starts from ``p0``, with the whole budget:
+    the fit is exactly the plain fit with the same ``max_nfev``, and the
+    subsample's evaluations are reported apart."""
     from sknlsq import _stream
 
     monkeypatch.setattr(_stream, "_SUBSET_MIN_NFEV", 8)
     X, y = _data()
-    kw = dict(p0=P0, chunk_size=512, ftol=1e-13, xtol=1e-13)
+    kw = dict(p0=P0, chunk_size=512, ftol=1e-13, xtol=1e-13, max_nfev=12)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = fit_in_chunks(gauss, X[:, 0], y, None, max_nfev=12, **kw)
+        res = fit_in_chunks(gauss, X[:, 0], y, None, **kw)
         assert small_subsample
         _no_subsample(monkeypatch)
-        plain = fit_in_chunks(gauss, X[:, 0], y, None, max_nfev=9, **kw)
-    # 3 subsample trials, then exactly the plain solve from p0 with the rest.
-    assert res.nfev == 3 + plain.nfev <= 12
+        plain = fit_in_chunks(gauss, X[:, 0], y, None, **kw)
+    assert res.subsample_nfev == 3 and plain.subsample_nfev == 0
+    assert res.nfev == plain.nfev <= 12
     assert res.status == plain.status
     assert np.array_equal(res.params, plain.params)
+
+
+def test_subsample_warm_start_keeps_the_budget_of_the_full_solve(small_subsample,
+                                                                  monkeypatch):
+    """A ``max_nfev`` just large enough for the plain fit from a poor ``p0``
+    (scipy's stopping rule, ``refine=0``) is enough with the warm start too."""
+    X, y = _data()
+    p0 = [0.1587, 9.456, 0.5782, 0.2002]
+    kw = dict(p0=p0, chunk_size=512, refine=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res_any = fit_in_chunks(gauss, X[:, 0], y, None, **kw)
+        _no_subsample(monkeypatch)
+        plain = fit_in_chunks(gauss, X[:, 0], y, None, **kw)
+        from sknlsq import _stream
+
+        monkeypatch.setattr(_stream, "_SUBSET_MIN_ROWS", 256)
+        res = fit_in_chunks(gauss, X[:, 0], y, None, max_nfev=plain.nfev, **kw)
+    assert plain.success and res_any.success
+    assert res.success and res.nfev <= plain.nfev and res.subsample_nfev > 0
+    assert _rel(res.params, plain.params) < 1e-6
+
+
+def test_subsample_answer_outside_the_models_domain_falls_back_to_p0(small_subsample):
+    """``a log(c - x) + b`` with the singularity just past the largest x: the
+    subsample lacks the rows nearest it, so its ``c`` lies below max(x),
+    where the full data give NaN. The full solve then starts from ``p0`` and
+    reaches scipy's fit (was: 'not finite in the initial point p0')."""
+    rng = np.random.default_rng(1)
+    m = 20_011
+    x = np.sort(rng.uniform(0, 10, m))
+    y = -0.5 * np.log(x[-1] + 1e-4 - x) + 1 + 0.2 * rng.normal(size=m)
+    p0 = [-1.0, 0.0, 12.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's trials outside the domain
+        ref = scipy.optimize.curve_fit(lambda x, a, b, c: a * np.log(c - x) + b, x, y, p0=p0,
+                                       ftol=1e-12, xtol=1e-12)[0]
+        res = fit_in_chunks(lambda x, a, b, c: a * jnp.log(c - x) + b, x, y, None,
+                            chunk_size=512, p0=p0, ftol=1e-12, xtol=1e-12)
+    assert small_subsample and res.subsample_nfev > 0
+    assert res.success
+    assert _rel(res.params, ref) < 1e-6
 
 
 def test_subsample_needs_enough_rows_and_budget():

@@ -209,8 +209,13 @@ class FitResult:
     perr: np.ndarray = field(init=False)
 
     def __post_init__(self):
-        with np.errstate(invalid="ignore"):
-            object.__setattr__(self, "perr", np.sqrt(np.diag(self.pcov)))
+        d = self.pcov.diagonal()
+        if (d < 0).any():  # only negative variances warn in sqrt (NaN, inf do not)
+            with np.errstate(invalid="ignore"):
+                d = np.sqrt(d)
+        else:
+            d = np.sqrt(d)
+        object.__setattr__(self, "perr", d)
 
     def residuals(self) -> np.ndarray:
         """The weighted residual vector at the solution (computed on first
@@ -388,9 +393,25 @@ def _unit_weights(m):
     return np.ndarray((m,), dtype=np.float64, buffer=_ONE, strides=(0,))
 
 
+_CONSTANTS: dict = {}
+
+
+def _constant(value, n):
+    """A read-only length-``n`` array of ``value``, made once per ``(value, n)``
+    (the default bounds and ``x_scale`` of every fit)."""
+    key = (value, n)
+    arr = _CONSTANTS.get(key)
+    if arr is None:
+        arr = np.full(n, value)
+        arr.setflags(write=False)
+        if len(_CONSTANTS) < 256:
+            _CONSTANTS[key] = arr
+    return arr
+
+
 def _prepare_bounds(bounds, n):
     if _unbounded(bounds):  # the common case, without the general checks
-        return np.full(n, -np.inf), np.full(n, np.inf)
+        return _constant(-np.inf, n), _constant(np.inf, n)
     from scipy.optimize import Bounds
 
     if isinstance(bounds, Bounds):
@@ -437,7 +458,7 @@ def _as_float_array(a, name, check_finite):
         arr = np.asarray(a, dtype=float)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"`{name}` must be numeric array_like: {exc}") from None
-    if check_finite and not np.all(np.isfinite(arr)):
+    if check_finite and not np.isfinite(arr).all():
         raise ValueError(f"`{name}` must not contain infs or NaNs "
                          "(array must not contain infs or NaNs).")
     return arr
@@ -480,6 +501,8 @@ def _check_tolerances(ftol, xtol, gtol, method):
 
 def _positive(value, name):
     """A positive finite number (or array of them), else an error naming it."""
+    if type(value) is float and 0.0 < value < np.inf:  # the common case, quickly
+        return value
     v = _as_float_array(value, name, False)
     if v.size == 0 or not np.all(np.isfinite(v) & (v > 0)):
         raise ValueError(f"`{name}` must be positive, got {value!r}.")
@@ -575,6 +598,8 @@ def _plan(f, x, x_is_array, n, m, m_pad, ypad_shape, y_shape, jac, fd_scheme, re
             # refuses 2-D residuals altogether); broadcasting one curve to
             # every row would fit them jointly, which is batch=True's job.
             return tuple(out) == tuple(target)
+        if tuple(out) == tuple(target):
+            return True
         try:
             return np.broadcast_shapes(tuple(out), target) == tuple(target)
         except ValueError:
@@ -708,11 +733,11 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
 
     if x_scale is None:
         use_jac_scale = method == "lm"
-        x_scale_arr = np.ones(n)
+        x_scale_arr = _constant(1.0, n)
     elif isinstance(x_scale, str):
         if x_scale != "jac":
             raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers.")
-        use_jac_scale, x_scale_arr = True, np.ones(n)
+        use_jac_scale, x_scale_arr = True, _constant(1.0, n)
     else:
         x_scale_arr = _as_float_array(x_scale, "x_scale", False)
         if x_scale_arr.ndim == 0:
@@ -886,12 +911,15 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
             solver = _compiled_solver(pool, plan, weighting, loss, use_fwd, method,
                                       has_bounds, use_jac_scale, int(refine), args,
                                       point_scale)
-            _model.reset_host_error(model)
-            sol = _unpack(fetch(solver(*args), spin=not plan.uses_host), n)
+            # Only programs with host callbacks can record a host error.
+            uses_host = plan.uses_host
+            if uses_host:
+                _model.reset_host_error(model)
+            sol = _unpack(fetch(solver(*args), spin=not uses_host), n)
         finally:
             for buf in lent:
                 pool.release(buf)
-    host_exc = _model.pop_host_error()
+    host_exc = _model.pop_host_error() if uses_host else None
     if host_exc is not None:
         raise ValueError(f"model `f` raised {type(host_exc).__name__} during the fit: "
                          f"{host_exc}") from host_exc
@@ -1007,13 +1035,15 @@ def _covariance(s, VT, cost, m, m_dof, n, method, absolute_sigma):
     if not (np.isfinite(s).all() and np.isfinite(VT).all()):
         return np.full((n, n), np.inf), False
     threshold = EPS * max(m, n) * (s[0] if s.size else 0.0)
-    keep = s > threshold
-    if method == "lm" and not keep.all():
-        if not _full_rank_equilibrated(s, VT, max(m, n)):
-            return np.full((n, n), np.inf), False
-        keep = s > 0
-    s, VT = s[keep], VT[keep]
-    pcov = (VT.T / s ** 2) @ VT
+    # Singular values come in descending order: all are kept when the last is.
+    if not (s.size and s[-1] > threshold):
+        keep = s > threshold
+        if method == "lm":
+            if not _full_rank_equilibrated(s, VT, max(m, n)):
+                return np.full((n, n), np.inf), False
+            keep = s > 0
+        s, VT = s[keep], VT[keep]
+    pcov = (VT.T / (s * s)) @ VT
     if np.isnan(pcov).any():
         return np.full((n, n), np.inf), False
     if not absolute_sigma:

@@ -182,6 +182,8 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
                     bounds=bounds, method=method, jac=jac, check_finite=check_finite,
                     nan_policy=nan_policy, ftol=ftol, xtol=xtol, gtol=gtol,
                     max_nfev=max_nfev, stacklevel=2, **kwargs)
+    if res.success and not verbose and not full_output:
+        return res.params, res.pcov  # the common case: the message is not needed
     if res.method == "lm":
         ier = _MINPACK_FROM_COMMON[res.status]
         mesg = _minpack_message(ier, ftol, xtol, gtol or 0.0,

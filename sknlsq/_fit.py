@@ -209,13 +209,10 @@ class FitResult:
     perr: np.ndarray = field(init=False)
 
     def __post_init__(self):
+        # sqrt of the variances, NaN (without a warning) where one is negative
+        # or NaN; quicker than an errstate context on every small fit.
         d = self.pcov.diagonal()
-        if (d < 0).any():  # only negative variances warn in sqrt (NaN, inf do not)
-            with np.errstate(invalid="ignore"):
-                d = np.sqrt(d)
-        else:
-            d = np.sqrt(d)
-        object.__setattr__(self, "perr", d)
+        object.__setattr__(self, "perr", np.sqrt(d, out=np.full_like(d, np.nan), where=d >= 0))
 
     def residuals(self) -> np.ndarray:
         """The weighted residual vector at the solution (computed on first

@@ -45,7 +45,7 @@ EPS = np.finfo(np.float64).eps
 TOO_FEW_POINTS = -3
 BATCH_MESSAGES = dict(MESSAGES)
 BATCH_MESSAGES[TOO_FEW_POINTS] = "Fewer valid points than parameters."
-MAX_SLOTS = 256  # curves advanced together when retiring converged curves
+MAX_SLOTS = 512  # curves advanced together when retiring converged curves
 SEGMENT = 4  # trial steps between two retire/refill rounds
 
 

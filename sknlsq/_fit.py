@@ -285,13 +285,25 @@ def _make_problem(plan, weighting, loss, use_fwd, point_scale=None):
         def fun_jac(p, d):
             J, f = jf(lambda q: (fun(q, d), fun(q, d)), has_aux=True)(p)
             return f, J
+
+        def fun_jac_t(p, d):
+            # One jvp per parameter: row j of the result is column j of J.
+            basis = jnp.eye(p.shape[0], dtype=p.dtype)
+            f, JT = jax.vmap(lambda t: jax.jvp(lambda q: fun(q, d), (p,), (t,)),
+                             out_axes=(None, 0))(basis)
+            return f, JT
     else:
         def fun_jac(p, d):
             f = fun(p, d)
             J = whiten(plan.jacobian(p, d["x"]), d)
             return f, d["w"][:, None] * J
 
-    return Problem(fun, fun_jac, static_loss(loss), point_scale=point_scale)
+        def fun_jac_t(p, d):
+            f, J = fun_jac(p, d)
+            return f, J.T
+
+    return Problem(fun, fun_jac, static_loss(loss), point_scale=point_scale,
+                   fun_jac_t=fun_jac_t)
 
 
 def _pack_args(p0, lb, ub, x_scale, opts):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import EPS, column_norms, norm, safe_div, solve_lsq_trust_region
-from ._problem import linearize, loss_scale, svd_options, trial_cost
+from ._problem import linearize, loss_scale, svd_options, trial_linearization
 from ._smallla import svd_auto
 
 class LMState(NamedTuple):
@@ -88,16 +88,22 @@ def step(state: LMState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     first = state.nit == 0
     Delta = jnp.where(first, jnp.minimum(state.Delta, pnorm), state.Delta)
 
-    f_new, cost_new, finite = trial_cost(problem, x_new, data, loss_scale(opts))
-    fnorm1 = jnp.where(finite, jnp.sqrt(2.0 * cost_new), jnp.inf)
-
     fn = jnp.where(fnorm == 0, 1.0, fnorm)
-    actred = jnp.where(0.1 * fnorm1 < fnorm, 1.0 - (fnorm1 / fn) ** 2, -1.0)
     temp1 = norm(state.R @ p) / fn
     temp2 = jnp.sqrt(par) * pnorm / fn
     prered = temp1 ** 2 + temp2 ** 2 / 0.5
     dirder = -(temp1 ** 2 + temp2 ** 2)
-    ratio = safe_div(actred, prered)
+
+    def reduction(cost_new, finite):
+        fnorm1 = jnp.where(finite, jnp.sqrt(2.0 * cost_new), jnp.inf)
+        actred = jnp.where(0.1 * fnorm1 < fnorm, 1.0 - (fnorm1 / fn) ** 2, -1.0)
+        ratio = safe_div(actred, prered)
+        return fnorm1, actred, ratio, finite & (ratio >= 1e-4)
+
+    f_new, cost_new, finite, lin_new = trial_linearization(
+        problem, x_new, data, loss_scale(opts), state.R,
+        lambda c, ok: reduction(c, ok)[3])
+    fnorm1, actred, ratio, accept = reduction(cost_new, finite)
 
     # Radius and parameter update.
     shrink = ratio <= 0.25
@@ -108,10 +114,9 @@ def step(state: LMState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
                           jnp.where(grow, pnorm / 0.5, Delta))
     par_new = jnp.where(shrink, par / temp, jnp.where(grow, 0.5 * par, par))
 
-    accept = finite & (ratio >= 1e-4)
-
     def accepted(_):
-        lin = linearize(problem, x_new, data, loss_scale(opts), hint=state.R)
+        lin = lin_new if lin_new is not None else linearize(
+            problem, x_new, data, loss_scale(opts), hint=state.R)
         diag = jnp.maximum(D, column_norms(lin.R)) if use_jac_scale else D
         return (x_new, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, diag,
                 norm(D * x_new), _gnorm(lin.cost, lin.g, lin.R))

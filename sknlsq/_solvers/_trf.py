@@ -30,7 +30,7 @@ from ._common import (build_quadratic_1d, check_termination, cl_scaling_vector,
                       jac_scale, make_strictly_feasible, minimize_quadratic_1d,
                       norm, safe_div, solve_lsq_trust_region, step_size_to_bound,
                       update_tr_radius)
-from ._problem import linearize, loss_scale, svd_options, trial_cost
+from ._problem import linearize, loss_scale, svd_options, trial_linearization
 from ._smallla import svd_auto
 
 
@@ -159,7 +159,9 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
         predicted = -evaluate_quadratic(R_h, g_h, p_h)
         x_new = x + stp
 
-    f_new, cost_new, finite = trial_cost(problem, x_new, data, loss_scale(opts))
+    f_new, cost_new, finite, lin_new = trial_linearization(
+        problem, x_new, data, loss_scale(opts), state.R,
+        lambda c, ok: ok & (state.cost - c > 0))
     step_h_norm = norm(stp_h)
     actual = state.cost - cost_new
     Delta_new, ratio = update_tr_radius(state.Delta, actual, predicted, step_h_norm,
@@ -172,7 +174,8 @@ def step(state: TRFState, problem, data, lb, ub, opts, ftol, xtol, gtol, *,
     accept = finite & (actual > 0)
 
     def accepted(_):
-        lin = linearize(problem, x_new, data, loss_scale(opts), hint=state.R)
+        lin = lin_new if lin_new is not None else linearize(
+            problem, x_new, data, loss_scale(opts), hint=state.R)
         si = jac_scale(lin.R, scale_inv)[1] if use_jac_scale else scale_inv
         return (x_new, lin.f_true, lin.cost, lin.R, lin.qtf, lin.g, si,
                 _g_norm(x_new, lin.g, lb, ub, has_bounds))

@@ -206,6 +206,10 @@ class FitResult:
     param_names: tuple
     active_mask: np.ndarray
     cov_estimated: bool = True
+    # Triangular factor of the (loss-scaled) Jacobian at params (J = Q R),
+    # and Q^T f of the residuals with it; None where a fit does not keep them.
+    R: np.ndarray | None = None
+    qtf: np.ndarray | None = None
     perr: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -234,8 +238,10 @@ def _pack(sol):
     # The covariance needs the SVD of R (same singular values and right
     # singular vectors as J); taking it here saves a host LAPACK call.
     _, sv, VT = jnp.linalg.svd(sol.R, full_matrices=False)
+    # R and Q^T f (n^2 + n values) for MINPACK's fjac / ipvt / qtf
+    # (curve_fit's full_output with method 'lm').
     return jnp.concatenate([head, sol.x, sol.active_mask.astype(jnp.float64), sv,
-                            VT.reshape(-1), sol.fun])
+                            VT.reshape(-1), sol.R.reshape(-1), sol.qtf, sol.fun])
 
 
 def _unpack(v, n):
@@ -244,10 +250,13 @@ def _unpack(v, n):
     x = v[5:5 + n]
     active = v[5 + n:5 + 2 * n].astype(int)
     sv = v[5 + 2 * n:5 + 3 * n]
-    VT = v[5 + 3 * n:5 + 3 * n + n * n].reshape(n, n)
-    fun = v[5 + 3 * n + n * n:]
+    k = 5 + 3 * n
+    VT = v[k:k + n * n].reshape(n, n)
+    R = v[k + n * n:k + 2 * n * n].reshape(n, n)
+    qtf = v[k + 2 * n * n:k + 2 * n * n + n]
+    fun = v[k + 2 * n * n + n:]
     return dict(cost=float(cost), counts=(int(nfev), int(njev), int(nit), int(status)),
-                x=x, active=active, sv=sv, VT=VT, fun=fun)
+                x=x, active=active, sv=sv, VT=VT, R=R, qtf=qtf, fun=fun)
 
 
 def point_scale_key(loss, weighted, separate=False):
@@ -950,7 +959,7 @@ def fit_curve(model, xdata, ydata, *, p0=None, sigma=None, sample_weight=None,
                      njev=njev, nit=nit, status=status,
                      message=MESSAGES[status], success=status > 0, method=method,
                      param_names=tuple(names), active_mask=np.asarray(sol["active"]),
-                     cov_estimated=estimated)
+                     cov_estimated=estimated, R=sol["R"], qtf=sol["qtf"])
 
 
 def _stage_data(pool, lent, x, y, w, L, m, m_pad, axis, s=None):

@@ -6,6 +6,7 @@ scipy; the fit itself runs on the compiled JAX solvers (see ``_fit``).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -117,7 +118,14 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
         Estimated covariance of ``popt`` (inf with an ``OptimizeWarning`` when
         it cannot be estimated).
     infodict : dict, optional
-        ``nfev``, ``njev``, ``nit`` and ``fvec`` (residuals at the solution).
+        ``nfev``, ``njev``, ``nit`` and ``fvec`` (residuals at the solution);
+        for ``method='lm'`` also leastsq's ``fjac``, ``ipvt`` and ``qtf`` (the
+        column-pivoted QR factorisation ``J P = Q R`` of the Jacobian at the
+        solution: ``triu(fjac.T[:n])`` is ``R``, ``ipvt`` the column order,
+        numbered as the installed scipy's ``leastsq`` numbers it (0- or
+        1-based, depending on its version), ``qtf = (Q^T fvec)[:n]``; the
+        signs of R's rows, and of ``qtf``'s entries with them, may differ
+        from MINPACK's).
     mesg : str, optional
         Termination message.
     ier : int, optional
@@ -196,8 +204,44 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False,
         raise RuntimeError("Optimal parameters not found: " + mesg)
     if full_output:
         infodict = {"nfev": res.nfev, "njev": res.njev, "nit": res.nit, "fvec": res.residuals()}
+        if res.method == "lm" and res.R is not None and res.qtf is not None:
+            infodict.update(_minpack_factors(res.R, res.qtf, infodict["fvec"].size))
         return res.params, res.pcov, infodict, mesg, ier
     return res.params, res.pcov
+
+
+def _minpack_factors(R, qtf, m):
+    """leastsq's ``fjac``, ``ipvt`` and ``qtf`` from the fit's ``R`` (``J = Q R``)
+    and ``Q^T f``: MINPACK factorises ``J P = Q' R'`` with column pivoting;
+    the pivoted QR of ``R`` itself, ``R P = Q'' R'``, has the same ``P`` and
+    the same ``R'`` (up to the signs of its rows: ``J P = (Q Q'') R'``), and
+    ``qtf = Q''^T (Q^T f)``. ``fjac`` is (n, m) like MINPACK's, with
+    ``triu(fjac.T[:n])`` = ``R'``; where MINPACK keeps its Householder vectors
+    (below the diagonal) it holds zeros."""
+    from scipy.linalg import qr
+
+    n = R.shape[0]
+    R = np.asarray(R, dtype=float)
+    if not np.all(np.isfinite(R)):
+        return {"fjac": np.full((n, m), np.nan), "ipvt": np.arange(1, n + 1, dtype=np.int32),
+                "qtf": np.full(n, np.nan)}
+    Q2, R2, perm = qr(R, pivoting=True)
+    fjac = np.zeros((n, max(m, n)))
+    fjac[:, :n] = R2.T
+    return {"fjac": fjac, "ipvt": (perm + _ipvt_base()).astype(np.int32),
+            "qtf": Q2.T @ np.asarray(qtf)}
+
+
+@functools.lru_cache(maxsize=None)
+def _ipvt_base():
+    """0 or 1: how the installed scipy numbers ``ipvt`` (MINPACK's Fortran
+    numbering is 1-based; newer scipy releases give 0-based indices), found
+    once by a tiny two-parameter ``leastsq``."""
+    from scipy.optimize import leastsq
+
+    out = leastsq(lambda p: np.array([p[0] - 1.0, 3.0 * (p[1] - 2.0), p[0] + p[1]]),
+                  np.zeros(2), full_output=True)
+    return int(np.min(out[2]["ipvt"]))
 
 
 def _curve_fit_batch(f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds,

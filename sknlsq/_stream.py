@@ -357,7 +357,6 @@ class ChunkedFitResult(FitResult):
     passes: int = 0
     points_per_second: float = float("nan")  # over the passes of this run
     resumed: bool = False
-    R: np.ndarray | None = None  # R factor of the (loss-scaled) Jacobian at params
     # Trial evaluations of the subsample warm start (fit_in_chunks), each on
     # 1/stride of the rows; not counted in nfev. 0: no subsample.
     subsample_nfev: int = 0
@@ -991,7 +990,7 @@ def _chunked_programs(pool, plan, st, refine, key, make_read, data, steps, whole
 def _pack_small(sol):
     head = jnp.stack([sol.cost, sol.nfev, sol.njev, sol.nit, sol.status]).astype(jnp.float64)
     return jnp.concatenate([head, sol.x, sol.active_mask.astype(jnp.float64),
-                            sol.R.reshape(-1)])
+                            sol.R.reshape(-1), sol.qtf])
 
 
 def _run_segments(progs, st, data, reader, checkpoint, source, cs, nan_policy, refine):
@@ -1071,7 +1070,8 @@ def _unpack_small(v, n, m):
     cost, nfev, njev, nit, status = v[:5]
     return dict(cost=float(cost), counts=(int(nfev), int(njev), int(nit), int(status)),
                 x=v[5:5 + n], active=v[5 + n:5 + 2 * n].astype(int),
-                R=v[5 + 2 * n:5 + 2 * n + n * n].reshape(n, n), m=float(m))
+                R=v[5 + 2 * n:5 + 2 * n + n * n].reshape(n, n),
+                qtf=v[5 + 2 * n + n * n:5 + 3 * n + n * n], m=float(m))
 
 
 def _result(sol, st, m_dof, absolute_sigma, **extra):
@@ -1088,7 +1088,8 @@ def _result(sol, st, m_dof, absolute_sigma, **extra):
                             method=st["method"], param_names=tuple(st["names"]),
                             active_mask=np.asarray(sol["active"]),
                             cov_estimated=bool(np.all(np.isfinite(pcov))), n_points=m_dof,
-                            R=np.asarray(sol["R"], dtype=float), **extra)
+                            R=np.asarray(sol["R"], dtype=float),
+                            qtf=np.asarray(sol["qtf"], dtype=float), **extra)
 
 
 def covariance_from_R(R, cost, m, n, method, absolute_sigma):

@@ -336,6 +336,42 @@ def test_full_output(method):
     np.testing.assert_allclose(plain[0], popt, rtol=1e-12)
 
 
+@pytest.mark.parametrize("route", ["in memory", "in chunks"])
+def test_full_output_lm_has_leastsqs_qr_factors(route, monkeypatch):
+    """method='lm' full_output carries leastsq's fjac, ipvt and qtf: the same
+    column order as scipy's, the same R up to row signs, and the covariance
+    scipy's leastsq builds from them equals pcov (before the reduced
+    chi-square scaling)."""
+    if route == "in chunks":  # [J | f] over the budget: solved in chunks
+        monkeypatch.setenv("SKNLSQ_JACOBIAN_BUDGET", "4096")
+    rng = np.random.default_rng(11)
+    x = np.linspace(0, 5, 300)
+    y = 2.0 * np.exp(-1.3 * x) + 0.5 + 0.02 * rng.standard_normal(x.size)
+    jmodel = lambda t, a, b, c: a * jnp.exp(-b * t) + c  # noqa: E731
+    nmodel = lambda t, a, b, c: a * np.exp(-b * t) + c  # noqa: E731
+    got = curve_fit(jmodel, x, y, p0=[1, 1, 0], full_output=True, method="lm")
+    ref = scipy_curve_fit(nmodel, x, y, p0=[1, 1, 0], full_output=True, method="lm")
+    info, rinfo = got[2], ref[2]
+    n = 3
+    assert info["fjac"].shape == rinfo["fjac"].shape == (n, x.size)
+    assert info["ipvt"].dtype == rinfo["ipvt"].dtype
+    np.testing.assert_array_equal(info["ipvt"], rinfo["ipvt"])
+    r, rr = np.triu(info["fjac"].T[:n]), np.triu(rinfo["fjac"].T[:n])
+    signs = np.sign(np.diag(r)) * np.sign(np.diag(rr))
+    np.testing.assert_allclose(r * signs[:, None], rr, rtol=1e-5, atol=1e-6)
+    # scipy's leastsq: invR[perm] = invR; cov_x = invR invR^T
+    perm = info["ipvt"] - int(np.min(rinfo["ipvt"]))
+    inv_r = np.linalg.inv(r)
+    inv_r[perm] = inv_r.copy()
+    s_sq = np.sum(info["fvec"] ** 2) / (x.size - n)
+    np.testing.assert_allclose(inv_r @ inv_r.T * s_sq, got[1], rtol=1e-10)
+    # qtf: Q^T fvec, so that ||fvec||^2 = ||qtf||^2 + (the rest) and R's
+    # normal equations hold: R'^T qtf = P^T J^T f, ~0 at the optimum.
+    assert info["qtf"].shape == (n,)
+    assert np.linalg.norm(info["qtf"]) <= np.linalg.norm(info["fvec"])
+    assert np.abs(info["qtf"]).max() < 1e-6 * np.linalg.norm(info["fvec"])
+
+
 def test_full_output_2d_sigma_fvec():
     # With a covariance matrix, scipy's fvec is solve(L, f - y), C = L L^T.
     pb = problem("plane")

@@ -258,7 +258,8 @@ def fit_curves(model, xdata, Y, *, p0=None, sigma=None, sample_weight=None,
 
 def _programs(pool, key, plan, loss, method, has_bounds, use_jac_scale, refine, args, slots,
               point_scale=None):
-    """Compiled (start, segment) programs for ``slots`` curves at a time."""
+    """The compiled start program for ``slots`` curves at a time (``args``
+    holds theirs), and the builder of segment programs."""
     kw = dict(method=method, has_bounds=has_bounds, use_jac_scale=use_jac_scale)
     data_axes = {name: None if name == "x" else 0 for name in args[1]}
     axes = (0, data_axes, 0, 0, 0, None)
@@ -319,20 +320,39 @@ def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refin
     real = np.arange(slots) < min(slots, len(queue))
     queue = queue[slots:]
     args = gather(occupant) + (opts,)
+    # Refills start their curves ``fill`` at a time (half the slots when
+    # curves are queued: a refill takes about a third of them), so that a
+    # refill does not pay a start for every slot.
+    fill = slots // 2 if (max_steps is not None and slots >= 64) else slots
     start_prog, build_segment = _programs(pool, key, plan, loss, method, has_bounds,
-                                          use_jac_scale, refine, args, slots, point_scale)
+                                          use_jac_scale, refine, gather(occupant[:fill])
+                                          + (opts,), fill, point_scale)
+    scatter = pool.program(("batch-scatter",), lambda: jax.jit(_scatter))
+
+    def started(pos, curves, carry=None):
+        """``carry`` with the slots ``pos`` (re)started on ``curves``."""
+        for i in range(0, len(pos), fill):
+            p, c = pos[i:i + fill], curves[i:i + fill]
+            pad = fill - len(p)  # repeats of the last slot write the same values
+            p = np.concatenate([p, np.repeat(p[-1:], pad)])
+            c = np.concatenate([c, np.repeat(c[-1:], pad)])
+            fresh = start_prog(*(gather(c) + (opts,)))
+            if carry is None:  # the first fill: tile it to the slot count
+                carry = jax.tree_util.tree_map(
+                    lambda a: jnp.concatenate([a] * (slots // fill)), fresh)
+            carry = scatter(p.astype(np.int32), fresh, carry)
+        return carry
 
     def build_seg():
-        carry = start_prog(*args)
+        carry = started(np.arange(slots), occupant)
         fn = jax.jit(build_segment(max_steps))
         return compile_lowered(fn.lower(carry, *args))
 
     shapes = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(args))
     seg_prog = pool.program(("batch-segment", key, slots, max_steps, shapes), build_seg)
-    merge = pool.program(("batch-merge",), lambda: jax.jit(_merge))
 
     _model.reset_host_error(plan.f)
-    carry = start_prog(*args)
+    carry = started(np.arange(slots), occupant)
     while True:
         carry, sol, go = seg_prog(carry, *args)
         sol, go = jax.device_get((sol, go))
@@ -346,25 +366,20 @@ def _run_batched(pool, key, plan, loss, method, has_bounds, use_jac_scale, refin
         if queue and done.any():
             free = np.flatnonzero(~real)
             take = min(len(free), len(queue))
-            occupant[free[:take]] = queue[:take]
-            real[free[:take]] = True
+            pos = free[:take]
+            occupant[pos] = queue[:take]
+            real[pos] = True
             queue = queue[take:]
             args = gather(occupant) + (opts,)
-            fresh = start_prog(*args)
-            refill = np.zeros(slots, dtype=bool)
-            refill[free[:take]] = True
-            carry = merge(refill, fresh, carry)
+            carry = started(pos, occupant[pos], carry)
         if not real.any() and not queue:
             break
     return params, cost, R, status, nfev, njev, nit
 
 
-def _merge(mask, new, old):
-    def pick(a, b):
-        m = mask.reshape(mask.shape + (1,) * (a.ndim - 1))
-        return jnp.where(m, a, b)
-
-    return jax.tree_util.tree_map(pick, new, old)
+def _scatter(pos, new, old):
+    """``old`` with row ``pos[i]`` of every leaf replaced by row i of ``new``."""
+    return jax.tree_util.tree_map(lambda a, b: b.at[pos].set(a), new, old)
 
 
 def _pow2(k):

@@ -304,6 +304,10 @@ def _write_checkpoint(path, leaves, meta):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".sknlsq-ckpt-", suffix=".npz", dir=folder)
     try:
+        # mkstemp creates the file private (0600); the checkpoint gets the
+        # mode of the file it replaces, or that of any new file (umask).
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _checkpoint_mode(path))
         with os.fdopen(fd, "wb") as fh:
             arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
             np.savez(fh, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
@@ -316,6 +320,26 @@ def _write_checkpoint(path, leaves, meta):
         except OSError:
             pass
         raise
+
+
+def _checkpoint_mode(path):
+    """Permission bits for a checkpoint written to ``path``."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    mask = None
+    try:  # Linux: read the umask without changing it (other threads)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _read_checkpoint(path, expected, template):

@@ -513,6 +513,26 @@ def test_checkpointed_fit_equals_plain_fit_and_settings_must_match(tmp_path):
         StreamingCurveFitRegressor(gauss, checkpoint=ck, max_nfev=4, **kw).fit(X, y)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_checkpoint_files_get_the_umask_mode_or_keep_their_own(tmp_path):
+    """A new checkpoint is created like any file (0666 less the umask), not
+    private as a temporary file; an existing one keeps its mode."""
+    from sknlsq._stream import _write_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "new.npz"
+        _write_checkpoint(new, [np.zeros(2)], {"version": 1})
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.npz"
+        kept.write_bytes(b"")
+        kept.chmod(0o640)
+        _write_checkpoint(kept, [np.zeros(2)], {"version": 1})
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     X, y = _data()
     ck = tmp_path / "fit.npz"

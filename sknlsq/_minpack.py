@@ -223,7 +223,8 @@ def _minpack_factors(R, qtf, m):
     n = R.shape[0]
     R = np.asarray(R, dtype=float)
     if not np.all(np.isfinite(R)):
-        return {"fjac": np.full((n, m), np.nan), "ipvt": np.arange(1, n + 1, dtype=np.int32),
+        return {"fjac": np.full((n, max(m, n)), np.nan),
+                "ipvt": (np.arange(n) + _ipvt_base()).astype(np.int32),
                 "qtf": np.full(n, np.nan)}
     Q2, R2, perm = qr(R, pivoting=True)
     fjac = np.zeros((n, max(m, n)))

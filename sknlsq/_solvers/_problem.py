@@ -161,8 +161,8 @@ def linearizes_by_columns(problem, x) -> bool:
     """Whether :func:`linearize` with a hint takes the batched Gram route
     (:func:`_linearize_columns`): in-memory problems under ``vmap`` with at
     most ``GRAM_SMALL_N_MAX`` parameters and no prior."""
-    return (not isinstance(problem, ChunkedProblem) and getattr(problem, "batched", False)
-            and getattr(problem, "fun_jac_t", None) is not None and not problem.prior
+    return (not isinstance(problem, ChunkedProblem) and problem.batched
+            and problem.fun_jac_t is not None and not problem.prior
             and x.shape[0] <= GRAM_SMALL_N_MAX)
 
 
@@ -229,15 +229,22 @@ def _gram_update(Gu, h, Js, fs, P):
     columns of ``B`` are formed element-wise so that XLA fuses them into the
     dot products."""
     n = P.shape[0]
-    b = []
-    for j in range(n):
-        v = Js[:, j]
-        for i in range(j):
-            v = v - b[i] * P[i, j]
-        b.append(v / P[j, j])
+    b = _preconditioned([Js[:, j] for j in range(n)], P)
     Gu = Gu + jnp.stack([jnp.dot(b[i], b[j]) for i in range(n) for j in range(i, n)])
     h = h + jnp.stack([jnp.dot(b[i], fs) for i in range(n)])
     return Gu, h
+
+
+def _preconditioned(cols, P):
+    """The columns of ``B = J P^{-1}`` (P upper triangular) from the columns
+    of ``J``, formed element-wise (forward substitution over the columns), so
+    that XLA fuses them into the sums that follow."""
+    b = []
+    for j, v in enumerate(cols):
+        for i in range(j):
+            v = v - b[i] * P[i, j]
+        b.append(v / P[j, j])
+    return b
 
 
 def _gram_matrix(Gu, n, dtype):
@@ -380,13 +387,7 @@ def _linearize_columns(problem, x, data, f_scale, hint, accept=None):
 
     def one_pass(c, vecs):
         k, P = c[:2]
-        Pl = [[P[i, j] for j in range(n)] for i in range(n)]
-        b = []
-        for j in range(n):
-            v = vecs[j]
-            for i in range(j):
-                v = v - b[i] * Pl[i][j]
-            b.append(v / Pl[j][j])
+        b = _preconditioned(vecs[:n], P)
         G = [[None] * n for _ in range(n)]
         for i in range(n):
             for j in range(i + 1):
